@@ -1,0 +1,44 @@
+"""hyperkit: safe, lossless tools for hypernetwork checkpoints.
+
+The public API is imported lazily so that ``import hyperkit`` (and ``hyperkit --help``) stays
+cheap; heavy libraries load only when a function needs them.
+
+Example:
+    >>> import hyperkit
+    >>> hn = hyperkit.load(hyperkit.demo.fixture_path("b_a1111_default.pt"))
+    >>> hn.dims
+    [8, 16]
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from hyperkit._version import __version__
+
+if TYPE_CHECKING:
+    from hyperkit import demo
+    from hyperkit.conversion import convert, convert_folder, load, save
+    from hyperkit.inspection import inspect_file
+    from hyperkit.sdkv.model import SDKVHypernetwork
+
+__all__ = ["SDKVHypernetwork", "__version__", "convert", "convert_folder", "demo", "inspect_file", "load", "save"]
+
+_LAZY = {
+    "convert": "hyperkit.conversion",
+    "convert_folder": "hyperkit.conversion",
+    "load": "hyperkit.conversion",
+    "save": "hyperkit.conversion",
+    "inspect_file": "hyperkit.inspection",
+    "SDKVHypernetwork": "hyperkit.sdkv.model",
+}
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name == "demo":
+        return importlib.import_module("hyperkit.demo")
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hyperkit' has no attribute {name!r}")

@@ -67,6 +67,12 @@ class OutputPathError(BadInputError):
     """The output path is unusable: missing folder, same as the input, or exists without --force."""
 
 
+class UsageProblem(HyperkitError):
+    """Options that contradict each other or the paths given (exit 2, like Click's usage errors)."""
+
+    exit_code = ExitCode.USAGE
+
+
 class EnvironmentProblem(HyperkitError):
     """A missing optional dependency, model weights or execution provider (exit 4)."""
 

@@ -49,12 +49,30 @@ def register(fmt: Format) -> None:
     _REGISTRY[fmt.name] = fmt
 
 
-register(Format("pt", (".pt", ".pth", ".ckpt", ".bin"), "hyperkit.formats.pt",
-                "PyTorch pickle archive (A1111/ComfyUI hypernetworks)"))
-register(Format("safetensors", (".safetensors", ".sft"), "hyperkit.formats.safetensors",
-                "safetensors with hyperkit.* and modelspec.* metadata"))
-register(Format("onnx", (".onnx",), "hyperkit.formats.onnx",
-                "ONNX graph computing x + MLP(x)·strength per dim, metadata in metadata_props"))
+register(
+    Format(
+        "pt",
+        (".pt", ".pth", ".ckpt", ".bin"),
+        "hyperkit.formats.pt",
+        "PyTorch pickle archive (A1111/ComfyUI hypernetworks)",
+    )
+)
+register(
+    Format(
+        "safetensors",
+        (".safetensors", ".sft"),
+        "hyperkit.formats.safetensors",
+        "safetensors with hyperkit.* and modelspec.* metadata",
+    )
+)
+register(
+    Format(
+        "onnx",
+        (".onnx",),
+        "hyperkit.formats.onnx",
+        "ONNX graph computing x + MLP(x)·strength per dim, metadata in metadata_props",
+    )
+)
 
 
 def names() -> list[str]:

@@ -16,7 +16,7 @@ import numpy as np
 def raw_bytes(arr: np.ndarray) -> memoryview:
     """The array's bytes in C order as a flat ``uint8`` memoryview (no copy when contiguous)."""
     flat = np.ascontiguousarray(arr).reshape(-1)
-    return memoryview(flat.view(np.uint8))
+    return memoryview(flat.view(np.uint8).data)
 
 
 def bit_equal(a: np.ndarray, b: np.ndarray) -> bool:

@@ -135,4 +135,3 @@ def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
         strides.append(step)
         step *= max(int(n), 1)
     return tuple(reversed(strides))
-

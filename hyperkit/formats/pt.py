@@ -108,9 +108,7 @@ def read(path: str | os.PathLike[str]) -> SDKVHypernetwork:
 
 def a1111_object(hn: SDKVHypernetwork) -> dict[Any, Any]:
     """The plain dict A1111's ``Hypernetwork.save`` would write for this hypernetwork."""
-    obj: dict[Any, Any] = {
-        dim: (OrderedDict(k), OrderedDict(v)) for dim, (k, v) in hn.modules.items()
-    }
+    obj: dict[Any, Any] = {dim: (OrderedDict(k), OrderedDict(v)) for dim, (k, v) in hn.modules.items()}
     meta = hn.effective_metadata()
     if meta["activation_func"] is None:
         meta["activation_func"] = "linear"  # ComfyUI refuses None; A1111 treats both as identity
@@ -119,6 +117,11 @@ def a1111_object(hn: SDKVHypernetwork) -> dict[Any, Any]:
     for key, value in hn.extra_metadata().items():
         obj[key] = value
     return obj
+
+
+def normalize(hn: SDKVHypernetwork) -> SDKVHypernetwork:
+    """What :func:`write` stores for ``hn``, as :func:`read` will return it (used to verify)."""
+    return from_object(a1111_object(hn), "normalized", hn.default_name)
 
 
 def write(hn: SDKVHypernetwork, path: str | os.PathLike[str], *, stem: str) -> None:

@@ -48,7 +48,7 @@ class StorageType:
         self.dtype = STORAGE_DTYPES[name]
 
 
-class SafeOrderedDict(dict):  # type: ignore[type-arg]
+class SafeOrderedDict(dict[Any, Any]):
     """Stand-in for ``collections.OrderedDict`` (plain dicts keep order); BUILD may only attach
     torch's ``_metadata`` map, which is dropped because nothing needs it."""
 
@@ -66,8 +66,7 @@ def _check_view(buf_len: int, offset: int, size: tuple[int, ...], stride: tuple[
     last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
     if last >= buf_len:
         raise CorruptFileError(
-            f"tensor view (offset {offset}, size {list(size)}) reaches element {last}, "
-            f"past its storage of {buf_len}"
+            f"tensor view (offset {offset}, size {list(size)}) reaches element {last}, past its storage of {buf_len}"
         )
 
 
@@ -194,10 +193,10 @@ def scan_globals(data: bytes) -> list[str]:
                 strings.append(str(arg))
             elif op.name == "MEMOIZE" and strings:
                 memo[len(memo)] = strings[-1]
-            elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and strings:
-                memo[int(arg)] = strings[-1]
-            elif op.name in ("BINGET", "LONG_BINGET", "GET") and isinstance(memo.get(int(arg)), str):
-                strings.append(memo[int(arg)])
+            elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and strings and isinstance(arg, int):
+                memo[arg] = strings[-1]
+            elif op.name in ("BINGET", "LONG_BINGET", "GET") and isinstance(arg, int) and arg in memo:
+                strings.append(memo[arg])
             elif op.name == "STACK_GLOBAL":
                 found.append(".".join(strings[-2:]) if len(strings) >= 2 else "<unknown>")
     except Exception:  # truncated or malformed: report what was seen so far

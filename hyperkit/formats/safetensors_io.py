@@ -94,8 +94,9 @@ def parse_header(data: bytes | mmap.mmap) -> tuple[dict[str, Any], dict[str, str
             raise CorruptFileError(f"safetensors entry '{name}' has invalid data_offsets {offsets!r}")
         begin, end = offsets
         if int(np.prod(shape, dtype=object)) * DTYPES[dtype].itemsize != end - begin:
-            raise CorruptFileError(f"safetensors entry '{name}': byte size {end - begin} does not match "
-                                   f"shape {shape} of {dtype}")
+            raise CorruptFileError(
+                f"safetensors entry '{name}': byte size {end - begin} does not match shape {shape} of {dtype}"
+            )
         spans.append((begin, end, name))
     expected = 0
     for begin, end, name in sorted(spans):

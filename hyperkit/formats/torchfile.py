@@ -69,8 +69,7 @@ def read_torch_bytes(data: bytes | mmap.mmap) -> TorchFile:
         return _read_zip(data)
     if head[257:262] == b"ustar":
         raise UnsupportedError(
-            "legacy tar-format .pt files (PyTorch 0.1.x) are not supported; torch cannot read them "
-            "safely either",
+            "legacy tar-format .pt files (PyTorch 0.1.x) are not supported; torch cannot read them safely either",
             hint="re-save the file with a current PyTorch in a sandbox you trust",
         )
     if head[:1] == b"\x80":
@@ -119,9 +118,7 @@ def _read_zip(data: bytes | mmap.mmap) -> TorchFile:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             raise CorruptFileError(f"unexpected persistent id {pid!r:.80}")
         _, stype, key, location, numel = pid
-        if not isinstance(stype, safe_pickle.StorageType) or not isinstance(key, str) or not isinstance(
-            numel, int
-        ):
+        if not isinstance(stype, safe_pickle.StorageType) or not isinstance(key, str) or not isinstance(numel, int):
             raise CorruptFileError(f"malformed storage record {pid!r:.80}")
         if key not in cache:
             info = infos.get(f"{prefix}data/{key}")
@@ -236,8 +233,9 @@ def _read_legacy(data: bytes | mmap.mmap) -> TorchFile:
         return arrays[str(pid[2])]
 
     obj = safe_pickle.load_pickle(main, resolve)
-    return TorchFile(obj=obj, container="legacy", globals=safe_pickle.scan_globals(main),
-                     locations=sorted(set(locations)))
+    return TorchFile(
+        obj=obj, container="legacy", globals=safe_pickle.scan_globals(main), locations=sorted(set(locations))
+    )
 
 
 def _pickle_length(raw: bytes, start: int) -> int:

@@ -47,9 +47,7 @@ KV_NAMES: tuple[str, str] = ("k", "v")
 StateDict = dict[str, np.ndarray]
 
 
-def parse_dropout_structure(
-    layer_structure: list[float], use_dropout: bool, last_layer_dropout: bool
-) -> list[float]:
+def parse_dropout_structure(layer_structure: list[float], use_dropout: bool, last_layer_dropout: bool) -> list[float]:
     """Rebuild a missing ``dropout_structure`` exactly as A1111 does.
 
     Example:

@@ -124,9 +124,7 @@ def from_string_map(tensors: dict[str, np.ndarray], meta: dict[str, str], source
         if not dim_s.isdigit() or int(dim_s) not in modules or kv not in KV_NAMES or not key:
             raise CorruptFileError(f"{source}: unexpected tensor name '{name}'")
         modules[int(dim_s)][KV_NAMES.index(kv)][key] = arr
-    metadata = {
-        k: decode_value(_loads(meta, PREFIX + k, source)) for k in key_order if isinstance(k, str)
-    }
+    metadata = {k: decode_value(_loads(meta, PREFIX + k, source)) for k in key_order if isinstance(k, str)}
     return SDKVHypernetwork(
         modules=modules,
         metadata=metadata,

@@ -29,9 +29,12 @@ ALIASES: dict[str, str] = {"swish": "hardswish"}
 #: Activation names A1111 accepts (aliases + ``torch.nn.modules.activation`` class names,
 #: lower-cased, as of torch 2.13) that can be built with no arguments and keep the width.
 ACTIVATIONS: frozenset[str] = frozenset(
-    "linear relu leakyrelu elu swish tanh sigmoid celu gelu hardshrink hardsigmoid hardswish "
-    "hardtanh logsigmoid logsoftmax mish prelu rrelu relu6 selu silu softmax softmax2d softmin "
-    "softplus softshrink softsign tanhshrink".split()
+    {
+        *("linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid", "celu", "gelu", "hardshrink"),
+        *("hardsigmoid", "hardswish", "hardtanh", "logsigmoid", "logsoftmax", "mish", "prelu", "rrelu"),
+        *("relu6", "selu", "silu", "softmax", "softmax2d", "softmin", "softplus", "softshrink", "softsign"),
+        "tanhshrink",
+    }
 )
 
 #: Names A1111 lists but cannot use: no-argument construction fails, or the width halves.
@@ -43,7 +46,7 @@ UNBUILDABLE: dict[str, str] = {
 
 #: The activations ComfyUI's hypernetwork loader implements; anything else (None too) is refused.
 COMFYUI_ACTIVATIONS: frozenset[str] = frozenset(
-    "linear relu leakyrelu elu swish tanh sigmoid softsign mish".split()
+    ("linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid", "softsign", "mish")
 )
 
 LN_EPS = 1e-5
@@ -92,14 +95,10 @@ def resolve_config(metadata: dict[str, Any]) -> Config:
     eff = SDKVHypernetwork(modules={}, metadata=dict(metadata)).effective_metadata()
     ls = _number_list(eff["layer_structure"], "layer_structure")
     if len(ls) < 2 or ls[0] != 1 or ls[-1] != 1:
-        raise StructureError(
-            f"layer_structure {list(ls)!r} must have at least two entries and start and end with 1"
-        )
+        raise StructureError(f"layer_structure {list(ls)!r} must have at least two entries and start and end with 1")
     ds = _number_list(eff["dropout_structure"], "dropout_structure")
     if len(ds) != len(ls):
-        raise StructureError(
-            f"dropout_structure {list(ds)!r} has {len(ds)} entries, layer_structure has {len(ls)}"
-        )
+        raise StructureError(f"dropout_structure {list(ds)!r} has {len(ds)} entries, layer_structure has {len(ls)}")
     for p in ds:
         if p != 0 and not 0 < p < 1:
             raise StructureError(f"dropout_structure entry {p!r} is not 0 or a probability in (0, 1)")
@@ -111,9 +110,11 @@ def resolve_config(metadata: dict[str, Any]) -> Config:
             raise UnsupportedError(f"activation '{act}' is unbuildable: {UNBUILDABLE[act]}")
         if act not in ACTIVATIONS:
             lowered = act.lower()
-            hint = f"did you mean '{lowered}'? A1111 only accepts lower-case names" if (
-                lowered in ACTIVATIONS
-            ) else "known names: " + ", ".join(sorted(ACTIVATIONS))
+            hint = (
+                f"did you mean '{lowered}'? A1111 only accepts lower-case names"
+                if (lowered in ACTIVATIONS)
+                else "known names: " + ", ".join(sorted(ACTIVATIONS))
+            )
             raise UnsupportedError(f"unknown activation '{act}' ({hint})")
     return Config(
         layer_structure=ls,
@@ -136,18 +137,14 @@ def layout(dim: int, cfg: Config) -> list[Layer]:
     for i in range(n - 1):
         fin, fout = int(dim * ls[i]), int(dim * ls[i + 1])
         idx = len(layers)
-        layers.append(
-            Layer("linear", idx, fin, fout, weight=f"linear.{idx}.weight", bias=f"linear.{idx}.bias")
-        )
+        layers.append(Layer("linear", idx, fin, fout, weight=f"linear.{idx}.weight", bias=f"linear.{idx}.bias"))
         if cfg.activation is not None and (i < n - 2 or cfg.activate_output):
             idx = len(layers)
             prelu = cfg.activation == "prelu"
             layers.append(Layer("act", idx, activation=cfg.activation, weight=f"linear.{idx}.weight" * prelu))
         if cfg.layer_norm:
             idx = len(layers)
-            layers.append(
-                Layer("layernorm", idx, fout, fout, weight=f"linear.{idx}.weight", bias=f"linear.{idx}.bias")
-            )
+            layers.append(Layer("layernorm", idx, fout, fout, weight=f"linear.{idx}.weight", bias=f"linear.{idx}.bias"))
         if cfg.dropout_structure[i + 1] > 0:
             layers.append(Layer("dropout", len(layers), p=float(cfg.dropout_structure[i + 1])))
     return layers
@@ -197,9 +194,7 @@ def state_problems(dim: int, kv: str, state: dict[str, np.ndarray], cfg: Config)
         if key not in found:
             problems.append(f"{where}: missing key '{key}', expected shape {_fmt(shape)}")
         elif tuple(found[key].shape) != shape:
-            problems.append(
-                f"{where}: key '{key}' has shape {_fmt(tuple(found[key].shape))}, expected {_fmt(shape)}"
-            )
+            problems.append(f"{where}: key '{key}' has shape {_fmt(tuple(found[key].shape))}, expected {_fmt(shape)}")
     for key, arr in found.items():
         if key not in expected:
             problems.append(f"{where}: unexpected key '{key}' with shape {_fmt(tuple(arr.shape))}")
@@ -263,6 +258,7 @@ def resolved_layout(hn: SDKVHypernetwork, dim: int, which: int) -> list[Layer]:
     out = []
     for layer in layout(dim, cfg):
         w, b = reverse.get(layer.weight, layer.weight), reverse.get(layer.bias, layer.bias)
-        out.append(Layer(layer.kind, layer.index, layer.in_features, layer.out_features,
-                         layer.activation, layer.p, w, b))
+        out.append(
+            Layer(layer.kind, layer.index, layer.in_features, layer.out_features, layer.activation, layer.p, w, b)
+        )
     return out

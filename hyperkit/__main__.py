@@ -1,0 +1,5 @@
+"""``python -m hyperkit`` runs the CLI."""
+
+from hyperkit.cli import main
+
+main()

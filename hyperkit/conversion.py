@@ -1,0 +1,277 @@
+"""Load, save and convert checkpoints through the one in-memory model, verifying every write.
+
+``convert`` reads the source with the registry's reader, optionally casts the tensors, writes to
+a temporary file beside the destination, reloads that file with the destination format's reader
+and compares every tensor bit-for-bit and every metadata value *and type* with what was meant to
+be written; only then is the file renamed into place.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> from hyperkit.demo import fixture_path
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "b.safetensors"
+    >>> result = convert(fixture_path("b_a1111_default.pt"), out)
+    >>> result.dst_format, result.tensors
+    ('safetensors', 16)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hyperkit import formats
+from hyperkit.errors import BadInputError, HyperkitError, UsageProblem, VerificationError
+from hyperkit.formats.arrays import bit_equal
+from hyperkit.paths import atomic_output, check_input, check_output
+from hyperkit.sdkv import structure
+from hyperkit.sdkv.model import SDKVHypernetwork
+
+DTYPES = ("keep", "fp32", "fp16", "bf16")
+
+
+def load(path: str | os.PathLike[str], *, format: str | None = None, validate: bool = True) -> SDKVHypernetwork:
+    """Read a checkpoint of any registered format; by default also check its layer structure.
+
+    Example:
+        >>> from hyperkit.demo import fixture_path
+        >>> load(fixture_path("b_a1111_default.pt")).dims
+        [8, 16]
+    """
+    p = check_input(path)
+    hn: SDKVHypernetwork = read_any(p, formats.get(format) if format else formats.for_path(p))
+    if validate:
+        structure.check(hn, str(p))
+    return hn
+
+
+def read_any(path: Path, fmt: formats.Format, reader: Callable[[Path], Any] | None = None) -> Any:
+    """Read ``path`` with ``fmt``'s reader (or ``reader``); every error message starts with the path."""
+    try:
+        hn = (reader or fmt.load_module().read)(path)
+    except OSError as e:
+        raise BadInputError(f"{path}: cannot read: {e.strerror or e}") from e
+    except HyperkitError as e:
+        if not e.message.startswith(str(path)):
+            e.message = f"{path}: {e.message}"
+            e.args = (e.message,)
+        raise
+    return hn
+
+
+def save(hn: SDKVHypernetwork, path: str | os.PathLike[str], *, format: str | None = None, force: bool = False) -> None:
+    """Write atomically in the format named by ``format`` or the path's suffix, then verify.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from hyperkit.demo import fixture_path
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "b.onnx"
+        >>> save(load(fixture_path("b_a1111_default.pt")), out)
+        >>> out.exists()
+        True
+    """
+    fmt = formats.get(format) if format else formats.for_path(path)
+    _write_verified(hn, Path(path), fmt, force=force, src=None)
+
+
+@dataclass
+class ConvertResult:
+    """What one conversion did."""
+
+    src: Path
+    dst: Path
+    src_format: str
+    dst_format: str
+    tensors: int
+    parameters: int
+    bytes_written: int
+    dtype: str
+    warnings: list[str] = field(default_factory=list)
+    max_cast_error: float = 0.0
+
+
+def cast_dtype(hn: SDKVHypernetwork, dtype: str) -> tuple[SDKVHypernetwork, float, list[str]]:
+    """Cast every floating tensor to ``dtype`` (``keep`` leaves them); return max abs error too."""
+    if dtype == "keep":
+        return hn, 0.0, []
+    import ml_dtypes
+
+    target = {"fp32": np.dtype("f4"), "fp16": np.dtype("f2"), "bf16": np.dtype(ml_dtypes.bfloat16)}[dtype]
+    worst, overflow = 0.0, []
+    for name, arr in hn.tensors():
+        src64 = arr.astype(np.float64)
+        back = arr.astype(target).astype(np.float64)
+        if np.any(np.isfinite(src64) & ~np.isfinite(back)):
+            overflow.append(name)
+        finite = np.isfinite(src64) & np.isfinite(back)
+        if finite.any():
+            worst = max(worst, float(np.max(np.abs(src64[finite] - back[finite]))))
+    warnings = (
+        [f"{len(overflow)} tensor(s) overflow {dtype} and become inf: {', '.join(overflow[:3])}"] if overflow else []
+    )
+    return hn.with_tensors(lambda a: a.astype(target)), worst, warnings
+
+
+def nonfinite_tensors(hn: SDKVHypernetwork) -> list[str]:
+    """Names of tensors holding NaN or Inf."""
+    return [name for name, arr in hn.tensors() if not np.all(np.isfinite(arr.astype(np.float32)))]
+
+
+def strict_equal(a: Any, b: Any) -> bool:
+    """``==`` that also requires the same types all the way down (``1 != 1.0 != True``)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(strict_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(strict_equal(a[k], b[k]) for k in a)
+    if isinstance(a, float) and a != a:  # NaN
+        return bool(b != b)
+    return bool(a == b)
+
+
+def verify(expected: SDKVHypernetwork, got: SDKVHypernetwork, where: str) -> None:
+    """Raise :class:`VerificationError` listing every tensor or metadata difference."""
+    problems = []
+    want, have = dict(expected.tensors()), dict(got.tensors())
+    if list(want) != list(have):
+        missing = [k for k in want if k not in have]
+        extra = [k for k in have if k not in want]
+        problems.append(f"tensor names differ (missing {missing[:3]}, extra {extra[:3]}, or order)")
+    for name, arr in want.items():
+        if name in have and not bit_equal(arr, have[name]):
+            problems.append(
+                f"tensor '{name}' differs ({arr.dtype}{list(arr.shape)} vs {have[name].dtype}{list(have[name].shape)})"
+            )
+    for attr in ("metadata", "key_order", "container"):
+        if not strict_equal(getattr(expected, attr), getattr(got, attr)):
+            problems.append(
+                f"{attr} differs: wrote {getattr(expected, attr)!r:.120}, read back {getattr(got, attr)!r:.120}"
+            )
+    if problems:
+        raise VerificationError(f"{where}: verification failed: " + "; ".join(problems[:5]))
+
+
+def _write_verified(hn: SDKVHypernetwork, dst: Path, fmt: formats.Format, *, force: bool, src: Path | None) -> int:
+    module = fmt.load_module()
+    normalize: Callable[[SDKVHypernetwork], SDKVHypernetwork] | None = getattr(module, "normalize", None)
+    expected = normalize(hn) if normalize else hn
+    with atomic_output(dst, force=force, src=src) as tmp:
+        module.write(hn, tmp, stem=dst.stem)
+        verify(expected, module.read(tmp), str(dst))
+        size = tmp.stat().st_size
+    return size
+
+
+def _resolve_dst(src: Path, dst: Path, to: str | None) -> tuple[Path, formats.Format]:
+    if dst.is_dir():
+        if not to:
+            raise UsageProblem(f"{dst} is a folder: pass --to to choose the output format")
+        fmt = formats.get(to)
+        return dst / (src.stem + fmt.suffixes[0]), fmt
+    if to:
+        fmt = formats.get(to)
+        suffix = dst.suffix.lower()
+        if suffix in formats.suffixes() and suffix not in fmt.suffixes:
+            raise UsageProblem(f"--to {to} contradicts the output suffix '{dst.suffix}'")
+        return dst, fmt
+    return dst, formats.for_path(dst)
+
+
+def convert(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    to: str | None = None,
+    dtype: str = "keep",
+    force: bool = False,
+    strict: bool = False,
+) -> ConvertResult:
+    """Convert one checkpoint; ``dst`` may be a file or an existing folder (then ``to`` is needed).
+
+    Raises :class:`~hyperkit.errors.BadInputError` (bad input, exit 3),
+    :class:`~hyperkit.errors.VerificationError` (exit 1). NaN/Inf weights are a warning, or an
+    error with ``strict=True``. Nothing is written unless every check passes.
+    """
+    if dtype not in DTYPES:
+        raise UsageProblem(f"--dtype must be one of {', '.join(DTYPES)}, not '{dtype}'")
+    src_p = check_input(src)
+    dst_p, fmt = _resolve_dst(src_p, Path(dst), to)
+    check_output(dst_p, force=force, src=src_p)
+    src_fmt = formats.for_path(src_p)
+    hn = load(src_p, format=src_fmt.name)
+    warnings = []
+    if bad := nonfinite_tensors(hn):
+        msg = f"{src_p}: {len(bad)} tensor(s) contain NaN/Inf: {', '.join(bad[:3])}"
+        if strict:
+            raise BadInputError(msg, hint="drop --strict to convert anyway")
+        warnings.append(msg)
+    hn, max_err, cast_warnings = cast_dtype(hn, dtype)
+    warnings += cast_warnings
+    size = _write_verified(hn, dst_p, fmt, force=force, src=src_p)
+    return ConvertResult(
+        src=src_p,
+        dst=dst_p,
+        src_format=src_fmt.name,
+        dst_format=fmt.name,
+        tensors=sum(1 for _ in hn.tensors()),
+        parameters=hn.parameter_count,
+        bytes_written=size,
+        dtype=dtype if dtype != "keep" else ",".join(hn.dtypes()),
+        warnings=warnings,
+        max_cast_error=max_err,
+    )
+
+
+@dataclass
+class FolderItem:
+    """One file of a folder conversion: its result, or the error that stopped it."""
+
+    src: Path
+    result: ConvertResult | None = None
+    error: BaseException | None = None
+
+
+def checkpoints_in(folder: Path) -> list[Path]:
+    """Every file under ``folder`` (recursively) whose suffix a format owns, sorted."""
+    owned = set(formats.suffixes())
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in owned)
+
+
+def convert_folder(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    to: str,
+    dtype: str = "keep",
+    force: bool = False,
+    strict: bool = False,
+    progress: Callable[[Path], None] | None = None,
+) -> list[FolderItem]:
+    """Convert every checkpoint under ``src`` into ``dst`` (mirroring subfolders), file by file.
+
+    A failing file does not stop the others; each item carries its result or its error.
+    """
+    src_p, dst_p = Path(src), Path(dst)
+    if not dst_p.is_dir():
+        raise BadInputError(f"{dst_p}: output folder does not exist", hint="create it first")
+    fmt = formats.get(to)
+    items = []
+    for path in checkpoints_in(src_p):
+        out_dir = dst_p / path.parent.relative_to(src_p)
+        item = FolderItem(src=path)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            item.result = convert(
+                path, out_dir / (path.stem + fmt.suffixes[0]), to=to, dtype=dtype, force=force, strict=strict
+            )
+        except (BadInputError, VerificationError) as e:
+            item.error = e
+        items.append(item)
+        if progress:
+            progress(path)
+    return items
