@@ -45,7 +45,10 @@ def load(path: str | os.PathLike[str], *, format: str | None = None, validate: b
     p = check_input(path)
     hn: SDKVHypernetwork = read_any(p, formats.get(format) if format else formats.for_path(p))
     if validate:
-        structure.check(hn, str(p))
+        try:
+            structure.check(hn)
+        except HyperkitError as e:
+            raise _located(e, p) from None
     return hn
 
 
@@ -56,11 +59,16 @@ def read_any(path: Path, fmt: formats.Format, reader: Callable[[Path], Any] | No
     except OSError as e:
         raise BadInputError(f"{path}: cannot read: {e.strerror or e}") from e
     except HyperkitError as e:
-        if not e.message.startswith(str(path)):
-            e.message = f"{path}: {e.message}"
-            e.args = (e.message,)
-        raise
+        raise _located(e, path) from None
     return hn
+
+
+def _located(e: HyperkitError, path: Path) -> HyperkitError:
+    """The same error with its message starting with the file it is about."""
+    if not e.message.startswith(str(path)):
+        e.message = f"{path}: {e.message}"
+        e.args = (e.message,)
+    return e
 
 
 def save(hn: SDKVHypernetwork, path: str | os.PathLike[str], *, format: str | None = None, force: bool = False) -> None:

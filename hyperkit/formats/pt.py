@@ -58,6 +58,14 @@ def from_object(obj: Any, source: str, default_name: str = "hypernetwork") -> SD
     """Interpret an unpickled top-level object as an sd-kv hypernetwork, precisely or not at all."""
     if not isinstance(obj, dict):
         raise BadInputError(f"{source}: top-level object is a {type(obj).__name__}, not a hypernetwork dict")
+    if not any(isinstance(k, int) and not isinstance(k, bool) for k in obj) and not any(
+        isinstance(k, str) and k.strip().isdigit() for k in obj
+    ):
+        raise BadInputError(
+            f"{source}: no hypernetwork layers (int dim keys) found; top-level keys: "
+            + ", ".join(repr(k) for k in list(obj)[:8]),
+            hint="is this a model checkpoint, LoRA or embedding rather than a hypernetwork?",
+        )
     modules: dict[int, tuple[StateDict, StateDict]] = {}
     metadata: dict[str, Any] = {}
     containers = set()
@@ -80,12 +88,6 @@ def from_object(obj: Any, source: str, default_name: str = "hypernetwork") -> SD
             metadata[key] = value
         else:
             raise CorruptFileError(f"{source}: unexpected top-level key {key!r}")
-    if not modules:
-        raise BadInputError(
-            f"{source}: no hypernetwork layers (int dim keys) found; top-level keys: "
-            + ", ".join(repr(k) for k in list(obj)[:8]),
-            hint="is this a model checkpoint, LoRA or embedding rather than a hypernetwork?",
-        )
     return SDKVHypernetwork(
         modules=modules,
         metadata=metadata,

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import pickle
 import pickletools
@@ -142,6 +143,9 @@ class _Unpickler(pickle.Unpickler):
         self._persistent = persistent
 
     def find_class(self, module: str, name: str) -> Any:
+        # Protocol < 3 pickles spell Python 2 names (``__builtin__``); report the Python 3 ones.
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         try:
             return ALLOWED[(module, name)]
         except KeyError:

@@ -175,7 +175,7 @@ LEGACY_NAMES = {
 
 
 def _fmt(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(str(s) for s in shape) + ")"
+    return str(tuple(int(s) for s in shape))
 
 
 def state_problems(dim: int, kv: str, state: dict[str, np.ndarray], cfg: Config) -> list[str]:
@@ -229,7 +229,7 @@ def problems(hn: SDKVHypernetwork) -> list[str]:
     return found
 
 
-def check(hn: SDKVHypernetwork, source: str = "") -> Config:
+def check(hn: SDKVHypernetwork) -> Config:
     """Raise :class:`StructureError` naming every mismatch; return the resolved config when none.
 
     Example:
@@ -245,8 +245,7 @@ def check(hn: SDKVHypernetwork, source: str = "") -> Config:
     cfg = resolve_config(hn.metadata)
     if found:
         shown = "; ".join(found[:4]) + (f"; and {len(found) - 4} more" if len(found) > 4 else "")
-        prefix = f"{source}: " if source else ""
-        raise StructureError(f"{prefix}tensors do not fit {describe(cfg)}: {shown}")
+        raise StructureError(f"tensors do not fit {describe(cfg)}: {shown}")
     return cfg
 
 
