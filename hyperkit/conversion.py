@@ -126,7 +126,7 @@ def cast_dtype(hn: SDKVHypernetwork, dtype: str) -> tuple[SDKVHypernetwork, floa
 
 def nonfinite_tensors(hn: SDKVHypernetwork) -> list[str]:
     """Names of tensors holding NaN or Inf."""
-    return [name for name, arr in hn.tensors() if not np.all(np.isfinite(arr.astype(np.float32)))]
+    return [name for name, arr in hn.tensors() if arr.dtype.kind in "fV" and not np.isfinite(arr).all()]
 
 
 def strict_equal(a: Any, b: Any) -> bool:

@@ -5,7 +5,8 @@ Tensor names are ``"{dim}.{k|v}.{state-dict key}"`` (e.g. ``768.k.linear.0.weigh
 metadata field is JSON-encoded under ``hyperkit.<field>``; JSON keeps ``1`` vs ``1.0``, ``None`` and
 bools, and tuples/dicts are tagged (``{"$tuple": [...]}``, ``{"$dict": [[k, v], ...]}``) so
 nothing changes type. ``hyperkit.key_order`` keeps the file's top-level order and
-``hyperkit.container`` whether the per-dim pair was a tuple or a list.
+``hyperkit.container`` whether the per-dim pair was a tuple or a list, and
+``hyperkit.default_name`` the original file stem (A1111's name for a file without ``name``).
 
 Example:
     >>> import numpy as np
@@ -22,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,7 +33,7 @@ from hyperkit.sdkv.model import FAMILY, KV_NAMES, SDKVHypernetwork, StateDict
 
 FORMAT_VERSION = "1"
 PREFIX = "hyperkit."
-RESERVED = ("family", "format_version", "key_order", "container")
+RESERVED = ("family", "format_version", "key_order", "container", "default_name")
 IMPLEMENTATION = "https://github.com/AUTOMATIC1111/stable-diffusion-webui"
 
 
@@ -83,6 +85,8 @@ def to_string_map(hn: SDKVHypernetwork) -> dict[str, str]:
         PREFIX + "format_version": FORMAT_VERSION,
         PREFIX + "key_order": json.dumps(hn.key_order),
         PREFIX + "container": hn.container,
+        # A1111 names a file without 'name' after its stem; keep the original stem across formats.
+        PREFIX + "default_name": hn.default_name,
     }
     for key, value in hn.metadata.items():
         if key in RESERVED:
@@ -130,5 +134,5 @@ def from_string_map(tensors: dict[str, np.ndarray], meta: dict[str, str], source
         metadata=metadata,
         key_order=key_order,
         container=container,
-        default_name=source.rsplit("/", 1)[-1].split(".", 1)[0] or "hypernetwork",
+        default_name=meta.get(PREFIX + "default_name") or Path(source).stem or "hypernetwork",
     )
