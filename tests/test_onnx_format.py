@@ -117,7 +117,8 @@ def assert_runs_like_torch(path: Path, seqs: dict[tuple[int, int], Any]) -> None
                 with torch.no_grad():
                     ref = (x + seq(x) * (1.0 if strength is None else strength)).numpy()
                 got = outputs[f"{'kv'[which]}_{dim}"]
-                assert got.shape == ref.shape and got.dtype == np.float32
+                assert got.shape == ref.shape
+                assert got.dtype == np.float32
                 np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(ref).max()))
 
 
@@ -171,7 +172,8 @@ def test_legacy_novelai_names_and_metadata_survive(tmp_path: Path) -> None:
     model = onnx.load(str(path))
     names = [t.name for t in model.graph.initializer]
     assert names == [n for n, _ in hn.tensors()] + ["strength"]
-    assert "8.k.linear1.weight" in names and "16.v.linear2.bias" in names
+    assert "8.k.linear1.weight" in names
+    assert "16.v.linear2.bias" in names
     assert_runs_like_torch(path, seqs)
     back = onnx_format.read(path)
     assert_same(hn, back)
@@ -191,7 +193,8 @@ def test_contract(tmp_path: Path) -> None:
     model = onnx.load(str(write(hn, tmp_path, "demo")))
     assert model.ir_version == 10
     assert [(o.domain, o.version) for o in model.opset_import] == [("", 20)]
-    assert model.producer_name == "hyperkit" and model.graph.name == "demo"
+    assert model.producer_name == "hyperkit"
+    assert model.graph.name == "demo"
     assert {p.key: p.value for p in model.metadata_props} == to_string_map(hn)
     graph = model.graph
     assert [i.name for i in graph.input] == ["context_8", "context_16", "strength"]
@@ -202,7 +205,8 @@ def test_contract(tmp_path: Path) -> None:
         assert [dims[0].dim_param, dims[1].dim_param] == ["batch", "tokens"]
         assert dims[2].dim_value == int(value.name.rsplit("_", 1)[1])
     strength = graph.input[2].type.tensor_type
-    assert strength.elem_type == TensorProto.FLOAT and len(strength.shape.dim) == 0
+    assert strength.elem_type == TensorProto.FLOAT
+    assert len(strength.shape.dim) == 0
     init = {t.name: t for t in graph.initializer}
     assert numpy_helper.to_array(init["strength"]) == np.float32(1.0)
     assert init["8.k.linear.0.weight"].dims == [16, 8]
