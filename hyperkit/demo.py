@@ -37,7 +37,7 @@ def run_demo(out: Path | None = None) -> Iterator[str]:
     """Convert a fixture .pt -> .safetensors -> .onnx -> .pt, run the ONNX model, yield log lines."""
     import numpy as np
 
-    from hyperkit.conversion import convert, load
+    from hyperkit.conversion import convert, load, strict_equal
     from hyperkit.formats.arrays import bit_equal
     from hyperkit.inspection import inspect_file
     from hyperkit.render import render_convert
@@ -48,6 +48,8 @@ def run_demo(out: Path | None = None) -> Iterator[str]:
         out = Path(tempfile.mkdtemp(prefix="hyperkit-demo-"))
     out.mkdir(exist_ok=True)
     yield f"hyperkit demo: {src.name} through every format in {out}"
+    before = inspect_file(src)["verdicts"]["a1111"]
+    yield f"  source as saved by torch {'loads' if before['loads'] else 'fails'} in A1111: {before['reason'] or 'ok'}"
     steps = [
         (src, out / "demo.safetensors"),
         (out / "demo.safetensors", out / "demo.onnx"),
@@ -60,7 +62,7 @@ def run_demo(out: Path | None = None) -> Iterator[str]:
     yield (
         f"  round trip .pt -> .safetensors -> .onnx -> .pt: {sum(1 for _ in final.tensors())} tensors "
         f"{'bit-exact' if same else 'DIFFER'}; metadata kept: "
-        f"{all(final.metadata[k] == v for k, v in original.metadata.items())}"
+        f"{all(strict_equal(final.metadata[k], v) for k, v in original.metadata.items())}"
     )
     session, provider = make_session(out / "demo.onnx")
     rng = np.random.default_rng(0)

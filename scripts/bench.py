@@ -52,10 +52,21 @@ def make_sd1_hypernetwork(path: Path) -> None:
             seq = torch.nn.Sequential(torch.nn.Linear(dim, 2 * dim), torch.nn.Linear(2 * dim, dim))
             pair.append(torch.nn.ModuleDict({"linear": seq}).state_dict())
         obj[dim] = tuple(pair)
-    obj.update(step=4000, name="sd1-bench", layer_structure=[1.0, 2.0, 1.0], activation_func="linear",
-               is_layer_norm=False, weight_initialization="Normal", sd_checkpoint="0123456789",
-               sd_checkpoint_name="v1-5-pruned-emaonly", activate_output=False, use_dropout=False,
-               dropout_structure=[0, 0, 0], last_layer_dropout=False, optional_info=None)
+    obj.update(
+        step=4000,
+        name="sd1-bench",
+        layer_structure=[1.0, 2.0, 1.0],
+        activation_func="linear",
+        is_layer_norm=False,
+        weight_initialization="Normal",
+        sd_checkpoint="0123456789",
+        sd_checkpoint_name="v1-5-pruned-emaonly",
+        activate_output=False,
+        use_dropout=False,
+        dropout_structure=[0, 0, 0],
+        last_layer_dropout=False,
+        optional_info=None,
+    )
     torch.save(obj, path)
 
 
@@ -68,7 +79,7 @@ def timed(cmd: list[str]) -> float:
 def measure(variants: dict[str, list[str]], rounds: int, before: object = None) -> dict[str, float]:
     """Median wall time of each command, variants interleaved within every round."""
     samples: dict[str, list[float]] = {name: [] for name in variants}
-    for name, cmd in variants.items():  # one warm-up each (page cache, pyc files)
+    for cmd in variants.values():  # one warm-up each (page cache, pyc files)
         timed(cmd)
     for _ in range(rounds):
         for name, cmd in variants.items():
@@ -89,8 +100,10 @@ def machine() -> str:
         pass
     import torch
 
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
-            f"{platform.system()} {platform.release()}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
+        f"{platform.system()} {platform.release()}"
+    )
 
 
 def main() -> None:
@@ -100,8 +113,10 @@ def main() -> None:
     py = sys.executable
     rows: list[tuple[str, float, str]] = []
 
-    startup = measure({"hyperkit --help": [HYPERKIT, "--help"],
-                       'python -c "import click"': [py, "-c", "import click"]}, args.rounds * 3)
+    startup = measure(
+        {"hyperkit --help": [HYPERKIT, "--help"], 'python -c "import click"': [py, "-c", "import click"]},
+        args.rounds * 3,
+    )
     base = startup['python -c "import click"']
     rows += [(name, t, f"{t / base:.2f}× import click") for name, t in startup.items()]
 
@@ -113,8 +128,13 @@ def main() -> None:
         out = {name: work / name for name in ("hk.safetensors", "naive.safetensors", "copy.pt", "hk.onnx", "hk.pt")}
         convert = measure(
             {
-                "hyperkit convert .pt → .safetensors (verified)": [HYPERKIT, "convert", str(src),
-                                                                    str(out["hk.safetensors"]), "--force"],
+                "hyperkit convert .pt → .safetensors (verified)": [
+                    HYPERKIT,
+                    "convert",
+                    str(src),
+                    str(out["hk.safetensors"]),
+                    "--force",
+                ],
                 "naive torch.load + save_file": [py, "-c", NAIVE, str(src), str(out["naive.safetensors"])],
                 "cp (copy the file)": ["cp", str(src), str(out["copy.pt"])],
             },
@@ -125,10 +145,20 @@ def main() -> None:
             rows.append((name, t, f"naive is {naive / t:.2f}× this"))
         more = measure(
             {
-                "hyperkit convert .pt → .onnx (verified)": [HYPERKIT, "convert", str(src), str(out["hk.onnx"]),
-                                                            "--force"],
-                "hyperkit convert .safetensors → .pt (verified)": [HYPERKIT, "convert", str(out["hk.safetensors"]),
-                                                                   str(out["hk.pt"]), "--force"],
+                "hyperkit convert .pt → .onnx (verified)": [
+                    HYPERKIT,
+                    "convert",
+                    str(src),
+                    str(out["hk.onnx"]),
+                    "--force",
+                ],
+                "hyperkit convert .safetensors → .pt (verified)": [
+                    HYPERKIT,
+                    "convert",
+                    str(out["hk.safetensors"]),
+                    str(out["hk.pt"]),
+                    "--force",
+                ],
             },
             max(3, args.rounds // 2),
         )
@@ -136,8 +166,10 @@ def main() -> None:
             rows.append((name, t, f"naive is {naive / t:.2f}× this"))
 
     print(f"Machine: {machine()}")
-    print(f"SD1 hypernetwork: dims 768/320/640/1280, [1, 2, 1], {size_mib:.1f} MiB fp32; medians of "
-          f"{args.rounds} interleaved rounds (start-up: {args.rounds * 3})\n")
+    print(
+        f"SD1 hypernetwork: dims 768/320/640/1280, [1, 2, 1], {size_mib:.1f} MiB fp32; medians of "
+        f"{args.rounds} interleaved rounds (start-up: {args.rounds * 3})\n"
+    )
     print("| what | median | ratio |")
     print("|---|---:|---|")
     for name, t, ratio in rows:

@@ -18,12 +18,25 @@ from click.testing import CliRunner
 
 from hyperkit.cli import cli
 
-ACT = {"relu": torch.nn.ReLU, "swish": torch.nn.Hardswish, "tanh": torch.nn.Tanh, "prelu": torch.nn.PReLU,
-       "elu": torch.nn.ELU, "leakyrelu": torch.nn.LeakyReLU, "sigmoid": torch.nn.Sigmoid}
+ACT = {
+    "relu": torch.nn.ReLU,
+    "swish": torch.nn.Hardswish,
+    "tanh": torch.nn.Tanh,
+    "prelu": torch.nn.PReLU,
+    "elu": torch.nn.ELU,
+    "leakyrelu": torch.nn.LeakyReLU,
+    "sigmoid": torch.nn.Sigmoid,
+}
 
 
-def torch_module(dim: int, layer_structure: list[float], activation: str | None = None, layer_norm: bool = False,
-                 dropout: list[float] | None = None, activate_output: bool = False) -> torch.nn.Sequential:
+def torch_module(
+    dim: int,
+    layer_structure: list[float],
+    activation: str | None = None,
+    layer_norm: bool = False,
+    dropout: list[float] | None = None,
+    activate_output: bool = False,
+) -> torch.nn.Sequential:
     """A1111's Sequential for one width, built from torch.nn directly."""
     n = len(layer_structure)
     dropout = dropout or [0] * n
@@ -44,9 +57,16 @@ def state(seq: torch.nn.Module) -> collections.OrderedDict[str, torch.Tensor]:
     return torch.nn.ModuleDict({"linear": seq}).state_dict()
 
 
-def a1111_dict(dims: tuple[int, ...] = (8, 16), layer_structure: list[float] | None = None, activation: str = "linear",
-               layer_norm: bool = False, dropout: list[float] | None = None, activate_output: bool = False,
-               seed: int = 0, **extra: Any) -> dict[Any, Any]:
+def a1111_dict(
+    dims: tuple[int, ...] = (8, 16),
+    layer_structure: list[float] | None = None,
+    activation: str = "linear",
+    layer_norm: bool = False,
+    dropout: list[float] | None = None,
+    activate_output: bool = False,
+    seed: int = 0,
+    **extra: Any,
+) -> dict[Any, Any]:
     """What A1111's ``Hypernetwork.save`` passes to ``torch.save``: dims, then the 13 keys."""
     torch.manual_seed(seed)
     ls = layer_structure or [1.0, 2.0, 1.0]
@@ -54,10 +74,21 @@ def a1111_dict(dims: tuple[int, ...] = (8, 16), layer_structure: list[float] | N
     obj: dict[Any, Any] = {}
     for d in dims:
         obj[d] = tuple(state(torch_module(d, ls, activation, layer_norm, ds, activate_output)) for _ in range(2))
-    obj.update(step=1, name="test", layer_structure=ls, activation_func=activation, is_layer_norm=layer_norm,
-               weight_initialization="Normal", sd_checkpoint=None, sd_checkpoint_name=None,
-               activate_output=activate_output, use_dropout=any(ds), dropout_structure=ds,
-               last_layer_dropout=False, optional_info=None)
+    obj.update(
+        step=1,
+        name="test",
+        layer_structure=ls,
+        activation_func=activation,
+        is_layer_norm=layer_norm,
+        weight_initialization="Normal",
+        sd_checkpoint=None,
+        sd_checkpoint_name=None,
+        activate_output=activate_output,
+        use_dropout=any(ds),
+        dropout_structure=ds,
+        last_layer_dropout=False,
+        optional_info=None,
+    )
     obj.update(extra)
     return obj
 

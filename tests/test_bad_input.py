@@ -58,7 +58,7 @@ def test_malicious_pickle_never_runs(tmp_path, run_cli, fn, global_name):
 def test_protocol4_stack_global_is_refused(tmp_path, run_cli):
     marker = tmp_path / "pwned"
     cmd = f"touch {marker}".encode()
-    pkl = (b"\x80\x04\x8c\x02os\x94\x8c\x06system\x94\x93\x94\x8c" + bytes([len(cmd)]) + cmd + b"\x94\x85\x94R\x94.")
+    pkl = b"\x80\x04\x8c\x02os\x94\x8c\x06system\x94\x93\x94\x8c" + bytes([len(cmd)]) + cmd + b"\x94\x85\x94R\x94."
     src = tmp_path / "evil4.pt"
     with zipfile.ZipFile(src, "w") as zf:
         zf.writestr("evil4/data.pkl", pkl)
@@ -141,7 +141,8 @@ def test_onnx_not_ours(tmp_path, run_cli):
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])], "g",
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )
@@ -183,7 +184,9 @@ def test_nan_weights_warn_then_refuse_with_strict(tmp_path, run_cli):
     src = save_pt(obj, tmp_path / "nan.pt")
     strict = run_cli("convert", src, tmp_path / "strict.safetensors", "--strict")
     assert strict.code == BAD_INPUT
-    assert strict.stderr.startswith(f"Error: {src}: 2 tensor(s) contain NaN/Inf: 8.k.linear.0.weight, 8.v.linear.1.bias")
+    assert strict.stderr.startswith(
+        f"Error: {src}: 2 tensor(s) contain NaN/Inf: 8.k.linear.0.weight, 8.v.linear.1.bias"
+    )
     assert not (tmp_path / "strict.safetensors").exists()
     lenient = run_cli("convert", src, tmp_path / "ok.safetensors")
     assert lenient.code == 0

@@ -27,11 +27,25 @@ MANIFEST = json.loads((fixture_dir() / "MANIFEST.json").read_text())
 NAMES = sorted(n for n in (MANIFEST.get("files") or MANIFEST) if n.endswith(".pt"))
 SUPPORTED = [n for n in NAMES if not n.startswith("h_")]
 A1111_STRICT_NAMES = re.compile(r"^([^/]+)/((data/\d+)|version|(data\.pkl))$")  # A1111 <= 1.9
-LEGACY = {"linear1.weight": "linear.0.weight", "linear1.bias": "linear.0.bias",
-          "linear2.weight": "linear.1.weight", "linear2.bias": "linear.1.bias"}
-DEFAULTS = {"step": 0, "layer_structure": [1, 2, 1], "activation_func": None, "is_layer_norm": False,
-            "weight_initialization": "Normal", "sd_checkpoint": None, "sd_checkpoint_name": None,
-            "activate_output": True, "use_dropout": False, "last_layer_dropout": False, "optional_info": None}
+LEGACY = {
+    "linear1.weight": "linear.0.weight",
+    "linear1.bias": "linear.0.bias",
+    "linear2.weight": "linear.1.weight",
+    "linear2.bias": "linear.1.bias",
+}
+DEFAULTS = {
+    "step": 0,
+    "layer_structure": [1, 2, 1],
+    "activation_func": None,
+    "is_layer_norm": False,
+    "weight_initialization": "Normal",
+    "sd_checkpoint": None,
+    "sd_checkpoint_name": None,
+    "activate_output": True,
+    "use_dropout": False,
+    "last_layer_dropout": False,
+    "optional_info": None,
+}
 
 
 def reference(name: str) -> dict:
@@ -47,8 +61,10 @@ def chain(name: str, tmp: Path) -> Path:
 
 
 def same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
-        a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8)
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
     )
 
 
@@ -102,8 +118,9 @@ def _a1111_load(obj: dict) -> dict[int, list[torch.nn.Sequential]]:
             continue
         modules[dim] = []
         for sd in pair:
-            seq = torch_module(dim, ls, get("activation_func"), get("is_layer_norm", False), ds,
-                               get("activate_output", True))
+            seq = torch_module(
+                dim, ls, get("activation_func"), get("is_layer_norm", False), ds, get("activate_output", True)
+            )
             sd = {LEGACY.get(k, k).removeprefix("linear."): v for k, v in sd.items()}
             seq.load_state_dict(sd, strict=True)
             modules[dim].append(seq)
@@ -121,8 +138,13 @@ def test_written_pt_loads_the_a1111_way_and_onnx_matches(name, tmp_path):
     rng = np.random.default_rng(1)
     feeds = {f"context_{d}": rng.standard_normal((2, 7, d)).astype("f4") for d in modules}
     for strength in (1.0, 0.4):
-        results = dict(zip([o.name for o in session.get_outputs()],
-                           session.run(None, {**feeds, "strength": np.array(strength, "f4")}), strict=True))
+        results = dict(
+            zip(
+                [o.name for o in session.get_outputs()],
+                session.run(None, {**feeds, "strength": np.array(strength, "f4")}),
+                strict=True,
+            )
+        )
         for dim, (k_mod, v_mod) in modules.items():
             x = torch.from_numpy(feeds[f"context_{dim}"])
             with torch.no_grad():
@@ -177,6 +199,8 @@ def test_reader_matches_torch_load(name):
         for ours, theirs in zip(pair, ref[dim], strict=True):
             assert list(ours) == list(theirs)
             for key, arr in ours.items():
-                assert same_tensor(torch.from_numpy(np.array(arr).view(np.uint8)).view(theirs[key].dtype)
-                                   .reshape(theirs[key].shape), theirs[key])
+                assert same_tensor(
+                    torch.from_numpy(np.array(arr).view(np.uint8)).view(theirs[key].dtype).reshape(theirs[key].shape),
+                    theirs[key],
+                )
     assert all(strict_equal(hn.metadata[k], v) for k, v in ref.items() if isinstance(k, str))

@@ -29,8 +29,13 @@ CASES = [
 def test_layout_matches_torch_state_dict(ls, act, ln, ds, ao):
     dim = 768
     reference = {k: tuple(v.shape) for k, v in state(torch_module(dim, ls, act, ln, ds, ao)).items()}
-    metadata = {"layer_structure": ls, "activation_func": act, "is_layer_norm": ln, "dropout_structure": ds,
-                "activate_output": ao}
+    metadata = {
+        "layer_structure": ls,
+        "activation_func": act,
+        "is_layer_norm": ln,
+        "dropout_structure": ds,
+        "activate_output": ao,
+    }
     ours = structure.expected_shapes(structure.layout(dim, structure.resolve_config(metadata)))
     assert list(ours.items()) == list(reference.items())
 
@@ -39,12 +44,21 @@ def test_reference_table_examples():
     """The verified rows of the format reference, e.g. PReLU's 1-element weight at index 1."""
     cfg = structure.resolve_config({"activation_func": "prelu", "activate_output": False})
     assert structure.expected_shapes(structure.layout(768, cfg)) == {
-        "linear.0.weight": (1536, 768), "linear.0.bias": (1536,), "linear.1.weight": (1,),
-        "linear.2.weight": (768, 1536), "linear.2.bias": (768,),
+        "linear.0.weight": (1536, 768),
+        "linear.0.bias": (1536,),
+        "linear.1.weight": (1,),
+        "linear.2.weight": (768, 1536),
+        "linear.2.bias": (768,),
     }
-    deep = structure.resolve_config({"layer_structure": [1, 2, 2, 1], "activation_func": "swish",
-                                     "is_layer_norm": True, "dropout_structure": [0, 0.3, 0.3, 0],
-                                     "activate_output": False})
+    deep = structure.resolve_config(
+        {
+            "layer_structure": [1, 2, 2, 1],
+            "activation_func": "swish",
+            "is_layer_norm": True,
+            "dropout_structure": [0, 0.3, 0.3, 0],
+            "activate_output": False,
+        }
+    )
     linear_or_ln = [x.index for x in structure.layout(768, deep) if x.kind in ("linear", "layernorm")]
     assert linear_or_ln == [0, 2, 4, 6, 8, 9]
 
@@ -58,17 +72,28 @@ def test_a1111_defaults_for_missing_keys():
 
 
 def test_nai_legacy_names_fit_default_layout():
-    sd = {"linear1.weight": np.zeros((16, 8), "f4"), "linear1.bias": np.zeros(16, "f4"),
-          "linear2.weight": np.zeros((8, 16), "f4"), "linear2.bias": np.zeros(8, "f4")}
+    sd = {
+        "linear1.weight": np.zeros((16, 8), "f4"),
+        "linear1.bias": np.zeros(16, "f4"),
+        "linear2.weight": np.zeros((8, 16), "f4"),
+        "linear2.bias": np.zeros(8, "f4"),
+    }
     hn = SDKVHypernetwork({8: (sd, sd)})
     assert structure.problems(hn) == []
     layers = structure.resolved_layout(hn, 8, 0)
-    assert [(x.weight, x.bias) for x in layers] == [("linear1.weight", "linear1.bias"), ("linear2.weight", "linear2.bias")]
+    assert [(x.weight, x.bias) for x in layers] == [
+        ("linear1.weight", "linear1.bias"),
+        ("linear2.weight", "linear2.bias"),
+    ]
 
 
 def test_mismatch_names_dim_module_key_and_shapes():
-    sd = {"linear.0.weight": np.zeros((16, 8), "f4"), "linear.0.bias": np.zeros(16, "f4"),
-          "linear.2.weight": np.zeros((8, 16), "f4"), "linear.2.bias": np.zeros(8, "f4")}
+    sd = {
+        "linear.0.weight": np.zeros((16, 8), "f4"),
+        "linear.0.bias": np.zeros(16, "f4"),
+        "linear.2.weight": np.zeros((8, 16), "f4"),
+        "linear.2.bias": np.zeros(8, "f4"),
+    }
     hn = SDKVHypernetwork({8: (sd, dict(sd))}, {"activation_func": "linear"})
     with pytest.raises(StructureError) as err:
         structure.check(hn)
