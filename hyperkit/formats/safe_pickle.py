@@ -41,12 +41,38 @@ STORAGE_DTYPES: dict[str, np.dtype] = {
 STORAGE_NAMES: dict[str, str] = {str(v): k for k, v in STORAGE_DTYPES.items()}
 
 
-class StorageType:
+class _Frozen:
+    """Base of stand-ins shared across reads: a pickle's BUILD must not alter them for the next file."""
+
+    __slots__ = ()
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise CorruptFileError("pickle tried to modify one of hyperkit's allowlisted globals")
+
+    def __setstate__(self, state: Any) -> None:
+        raise CorruptFileError("pickle tried to modify one of hyperkit's allowlisted globals")
+
+
+class StorageType(_Frozen):
     """Stand-in for ``torch.FloatStorage`` & co.: only records the element dtype."""
 
+    __slots__ = ("dtype", "name")
+
     def __init__(self, name: str) -> None:
-        self.name = name
-        self.dtype = STORAGE_DTYPES[name]
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "dtype", STORAGE_DTYPES[name])
+
+
+class Call(_Frozen):
+    """An allowlisted function, wrapped so a pickle cannot set attributes (``__defaults__``) on it."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        object.__setattr__(self, "fn", fn)
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
 
 
 class SafeOrderedDict(dict[Any, Any]):
@@ -126,13 +152,13 @@ def numpy_scalar(dtype: Any, data: Any = None) -> int | float | bool:
 
 
 ALLOWED: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): SafeOrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): rebuild_parameter,
-    ("_codecs", "encode"): codecs_encode,
-    ("numpy", "dtype"): NumpyDType,
-    ("numpy.core.multiarray", "scalar"): numpy_scalar,
-    ("numpy._core.multiarray", "scalar"): numpy_scalar,
+    ("collections", "OrderedDict"): Call(SafeOrderedDict),
+    ("torch._utils", "_rebuild_tensor_v2"): Call(rebuild_tensor),
+    ("torch._utils", "_rebuild_parameter"): Call(rebuild_parameter),
+    ("_codecs", "encode"): Call(codecs_encode),
+    ("numpy", "dtype"): Call(NumpyDType),
+    ("numpy.core.multiarray", "scalar"): Call(numpy_scalar),
+    ("numpy._core.multiarray", "scalar"): Call(numpy_scalar),
     **{("torch", name): StorageType(name) for name in STORAGE_DTYPES},
 }
 

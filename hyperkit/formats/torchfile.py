@@ -36,6 +36,7 @@ from hyperkit.formats.pickle_writer import PickleWriter
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 ZIP_ALIGNMENT = 64
+MAX_PICKLE_BYTES = 1 << 30  # guards against a compressed data.pkl "zip bomb"
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
@@ -103,6 +104,10 @@ def _read_zip(data: bytes | mmap.mmap) -> TorchFile:
         found = "no" if not pickles else f"{len(pickles)}"
         raise CorruptFileError(f"zip archive is not a torch file: {found} '<archive>/data.pkl' members")
     prefix = pickles[0][: -len("data.pkl")]
+    if infos[pickles[0]].file_size > MAX_PICKLE_BYTES:
+        raise CorruptFileError(
+            f"data.pkl declares {infos[pickles[0]].file_size} bytes; a weights pickle is far smaller"
+        )
     try:
         pkl = bytes(_member_view(data, zf, infos[pickles[0]]))
         order = infos.get(prefix + "byteorder")
