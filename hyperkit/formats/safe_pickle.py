@@ -57,6 +57,8 @@ class StorageType(_Frozen):
     """Stand-in for ``torch.FloatStorage`` & co.: only records the element dtype."""
 
     __slots__ = ("dtype", "name")
+    dtype: np.dtype
+    name: str
 
     def __init__(self, name: str) -> None:
         object.__setattr__(self, "name", name)
@@ -67,6 +69,7 @@ class Call(_Frozen):
     """An allowlisted function, wrapped so a pickle cannot set attributes (``__defaults__``) on it."""
 
     __slots__ = ("fn",)
+    fn: Callable[..., Any]
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         object.__setattr__(self, "fn", fn)
