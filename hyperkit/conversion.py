@@ -219,7 +219,7 @@ def convert(
             raise BadInputError(msg, hint="drop --strict to convert anyway")
         warnings.append(msg)
     hn, max_err, cast_warnings = cast_dtype(hn, dtype)
-    warnings += cast_warnings
+    warnings += cast_warnings + _target_notes(hn, fmt.name)
     size = _write_verified(hn, dst_p, fmt, force=force, src=src_p)
     return ConvertResult(
         src=src_p,
@@ -233,6 +233,16 @@ def convert(
         warnings=warnings,
         max_cast_error=max_err,
     )
+
+
+def _target_notes(hn: SDKVHypernetwork, fmt: str) -> list[str]:
+    """What a user should know about where the output will (not) load."""
+    if fmt == "pt" and "bfloat16" in hn.dtypes():
+        return ["bf16 .pt files load only in A1111 >= 1.3 (May 2023); use --dtype fp16 for older versions"]
+    if fmt == "safetensors":
+        return ["no UI loads hypernetworks from .safetensors (convert back to .pt to use it), and the new file's "
+                "SHA256/AutoV2 differ, so Civitai hash lookups will not find it"]
+    return []
 
 
 @dataclass

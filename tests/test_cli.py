@@ -109,3 +109,32 @@ def test_internal_error_is_exit_5(run_cli, tmp_path, monkeypatch):
         "Error: internal error: RuntimeError: kaboom",
         "Hint: rerun with --debug for the traceback and please report it",
     ]
+
+
+def test_verification_failure_is_exit_1_and_leaves_nothing(run_cli, tmp_path, monkeypatch):
+    """A writer that corrupts one byte is caught by the reload comparison before the rename."""
+    import hyperkit.formats.safetensors as st
+
+    real_write = st.write
+
+    def corrupting_write(hn, path, *, stem):
+        real_write(hn, path, stem=stem)
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 0x01
+        path.write_bytes(bytes(data))
+
+    monkeypatch.setattr(st, "write", corrupting_write)
+    src = save_pt(a1111_dict(), tmp_path / "a.pt")
+    result = run_cli("convert", src, tmp_path / "a.safetensors")
+    assert result.code == 1
+    assert result.stderr.startswith(
+        f"Error: {tmp_path / 'a.safetensors'}: verification failed: tensor '16.v.linear.1.bias' differs"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt"]
+
+
+def test_safetensors_output_notes_where_it_loads(run_cli, tmp_path):
+    src = save_pt(a1111_dict(), tmp_path / "a.pt")
+    result = run_cli("convert", src, tmp_path / "a.safetensors")
+    assert result.code == 0
+    assert "Warning: no UI loads hypernetworks from .safetensors" in result.stderr
