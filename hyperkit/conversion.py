@@ -240,8 +240,10 @@ def _target_notes(hn: SDKVHypernetwork, fmt: str) -> list[str]:
     if fmt == "pt" and "bfloat16" in hn.dtypes():
         return ["bf16 .pt files load only in A1111 >= 1.3 (May 2023); use --dtype fp16 for older versions"]
     if fmt == "safetensors":
-        return ["no UI loads hypernetworks from .safetensors (convert back to .pt to use it), and the new file's "
-                "SHA256/AutoV2 differ, so Civitai hash lookups will not find it"]
+        return [
+            "no UI loads hypernetworks from .safetensors (convert back to .pt to use it), and the new file's "
+            "SHA256/AutoV2 differ, so Civitai hash lookups will not find it"
+        ]
     return []
 
 
