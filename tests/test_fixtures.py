@@ -23,24 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 MANIFEST = json.loads((FIXTURES / "MANIFEST.json").read_text(encoding="utf-8"))["files"]
 
-META_KEYS = (
-    "step",
-    "name",
-    "layer_structure",
-    "activation_func",
-    "is_layer_norm",
-    "weight_initialization",
-    "sd_checkpoint",
-    "sd_checkpoint_name",
-    "activate_output",
-    "use_dropout",
-    "dropout_structure",
-    "last_layer_dropout",
-    "optional_info",
-)
-OLD_META_KEYS = tuple(
-    k for k in META_KEYS if k not in ("activate_output", "dropout_structure", "last_layer_dropout", "optional_info")
-)
+# A1111's 13 metadata keys with their types, in the order ``Hypernetwork.save`` writes them.
 OPTIONAL_STR = (str, type(None))
 META_TYPES: dict[str, Any] = {
     "step": int,
@@ -57,111 +40,63 @@ META_TYPES: dict[str, Any] = {
     "last_layer_dropout": bool,
     "optional_info": OPTIONAL_STR,
 }
+META_KEYS = tuple(META_TYPES)
+OLD_META_KEYS = tuple(
+    k for k in META_KEYS if k not in ("activate_output", "dropout_structure", "last_layer_dropout", "optional_info")
+)
 
 
 # ------------------------------------------------------------------------------------------------
-# expected state-dict layouts, written out by hand: {key: shape} for width d
+# expected state-dict layouts, written out by hand as "key=shape" items; a shape lists its sizes in
+# terms of the module width: "d", "2d", "h" (the SD2 hidden width int(d * 0.0078125)) or a plain number
 
-
-def _simple(d: int) -> dict[str, tuple[int, ...]]:  # b, f, g, j, k, l: linear.0 d->2d, linear.1 2d->d
-    return {
-        "linear.0.weight": (2 * d, d),
-        "linear.0.bias": (2 * d,),
-        "linear.1.weight": (d, 2 * d),
-        "linear.1.bias": (d,),
-    }
-
-
-def _nai(d: int) -> dict[str, tuple[int, ...]]:
-    return {
-        "linear1.weight": (2 * d, d),
-        "linear1.bias": (2 * d,),
-        "linear2.weight": (d, 2 * d),
-        "linear2.bias": (d,),
-    }
-
-
-def _relu_ln_dropout(d: int) -> dict[str, tuple[int, ...]]:
+LAYOUTS: dict[str, str] = {
+    # b, f, g, j, k, l: linear.0 d->2d, linear.1 2d->d
+    "simple": "linear.0.weight=2d,d linear.0.bias=2d linear.1.weight=d,2d linear.1.bias=d",
+    "nai": "linear1.weight=2d,d linear1.bias=2d linear2.weight=d,2d linear2.bias=d",
     # Linear 0, ReLU 1, LayerNorm 2, Dropout 3, Linear 4, LayerNorm 5
-    return {
-        "linear.0.weight": (2 * d, d),
-        "linear.0.bias": (2 * d,),
-        "linear.2.weight": (2 * d,),
-        "linear.2.bias": (2 * d,),
-        "linear.4.weight": (d, 2 * d),
-        "linear.4.bias": (d,),
-        "linear.5.weight": (d,),
-        "linear.5.bias": (d,),
-    }
-
-
-def _deep(d: int) -> dict[str, tuple[int, ...]]:
+    "relu_ln_dropout": "linear.0.weight=2d,d linear.0.bias=2d linear.2.weight=2d linear.2.bias=2d "
+    "linear.4.weight=d,2d linear.4.bias=d linear.5.weight=d linear.5.bias=d",
     # four (Linear, Hardswish, LayerNorm, Dropout) groups at 0, 4, 8, 12, then Linear 16, Hardswish 17,
     # LayerNorm 18 (activate_output; the last dropout entry is 0)
-    out: dict[str, tuple[int, ...]] = {}
-    widths = [d, 2 * d, 2 * d, 2 * d, 2 * d, d]
-    for i in range(5):
-        lin, ln = 4 * i, 4 * i + 2
-        out[f"linear.{lin}.weight"] = (widths[i + 1], widths[i])
-        out[f"linear.{lin}.bias"] = (widths[i + 1],)
-        out[f"linear.{ln}.weight"] = (widths[i + 1],)
-        out[f"linear.{ln}.bias"] = (widths[i + 1],)
-    return out
+    "deep": "linear.0.weight=2d,d linear.0.bias=2d linear.2.weight=2d linear.2.bias=2d "
+    "linear.4.weight=2d,2d linear.4.bias=2d linear.6.weight=2d linear.6.bias=2d "
+    "linear.8.weight=2d,2d linear.8.bias=2d linear.10.weight=2d linear.10.bias=2d "
+    "linear.12.weight=2d,2d linear.12.bias=2d linear.14.weight=2d linear.14.bias=2d "
+    "linear.16.weight=d,2d linear.16.bias=d linear.18.weight=d linear.18.bias=d",
+    # Linear 0, PReLU 1 (one slope, no bias), Linear 2
+    "prelu": "linear.0.weight=2d,d linear.0.bias=2d linear.1.weight=1 linear.2.weight=d,2d linear.2.bias=d",
+    # ResBlock 0: Linear 0, ReLU 1, LayerNorm 2; ResBlock 1: Linear 0, LayerNorm 1
+    "skip": "linear.0.linear.0.weight=2d,d linear.0.linear.0.bias=2d linear.0.linear.2.weight=2d "
+    "linear.0.linear.2.bias=2d linear.1.linear.0.weight=d,2d linear.1.linear.0.bias=d "
+    "linear.1.linear.1.weight=d linear.1.linear.1.bias=d",
+    # Linear 0, ReLU 1, Linear 2
+    "sd2": "linear.0.weight=h,d linear.0.bias=h linear.2.weight=d,h linear.2.bias=d",
+}
+SD2_HIDDEN = {1024: 8, 320: 2}  # int(d * 0.0078125)
 
 
-def _prelu(d: int) -> dict[str, tuple[int, ...]]:
-    return {
-        "linear.0.weight": (2 * d, d),
-        "linear.0.bias": (2 * d,),
-        "linear.1.weight": (1,),
-        "linear.2.weight": (d, 2 * d),
-        "linear.2.bias": (d,),
-    }
-
-
-def _skip(d: int) -> dict[str, tuple[int, ...]]:
-    return {
-        "linear.0.linear.0.weight": (2 * d, d),
-        "linear.0.linear.0.bias": (2 * d,),
-        "linear.0.linear.2.weight": (2 * d,),
-        "linear.0.linear.2.bias": (2 * d,),
-        "linear.1.linear.0.weight": (d, 2 * d),
-        "linear.1.linear.0.bias": (d,),
-        "linear.1.linear.1.weight": (d,),
-        "linear.1.linear.1.bias": (d,),
-    }
-
-
-def _sd2(d: int) -> dict[str, tuple[int, ...]]:
-    hidden = {1024: 8, 320: 2}[d]  # int(d * 0.0078125)
-    return {
-        "linear.0.weight": (hidden, d),
-        "linear.0.bias": (hidden,),
-        "linear.2.weight": (d, hidden),
-        "linear.2.bias": (d,),
-    }
+def _layout(name: str, d: int) -> dict[str, tuple[int, ...]]:
+    """LAYOUTS[name] for width d as {key: shape}."""
+    sizes = {"d": d, "2d": 2 * d, "h": SD2_HIDDEN.get(d, -1)}
+    items = (item.split("=") for item in LAYOUTS[name].split())
+    return {key: tuple(sizes[s] if s in sizes else int(s) for s in shape.split(",")) for key, shape in items}
 
 
 # file -> (dims in order, container type, layout, metadata keys in order, dtype name)
-EXPECTED: dict[str, tuple[list[int], type, Any, tuple[str, ...], str]] = {
-    "a_nai_legacy.pt": ([8, 16], list, _nai, (), "float32"),
-    "b_a1111_default.pt": ([8, 16], tuple, _simple, META_KEYS, "float32"),
-    "c_relu_ln_dropout.pt": ([8, 16], tuple, _relu_ln_dropout, META_KEYS, "float32"),
-    "d_deep.pt": ([8, 16], tuple, _deep, META_KEYS, "float32"),
-    "e_prelu.pt": ([8, 16], tuple, _prelu, META_KEYS, "float32"),
-    "f_none_no_activate_output.pt": ([8, 16], tuple, _simple, OLD_META_KEYS, "float32"),
-    "g_kohya_list.pt": ([8, 16], list, _simple, (), "float32"),
-    "h_monkeypatch_skip.pt": (
-        [8, 16],
-        tuple,
-        _skip,
-        (*META_KEYS, "skip_connection", "upsample_linear"),
-        "float32",
-    ),
-    "i_sd2_1024.pt": ([1024, 320], tuple, _sd2, META_KEYS, "float32"),
-    "j_fp16_cuda.pt": ([8, 16], tuple, _simple, META_KEYS, "float16"),
-    "k_bf16.pt": ([8, 16], tuple, _simple, META_KEYS, "bfloat16"),
-    "l_legacy_stacked.pt": ([8, 16], tuple, _simple, META_KEYS, "float32"),
+EXPECTED: dict[str, tuple[list[int], type, str, tuple[str, ...], str]] = {
+    "a_nai_legacy.pt": ([8, 16], list, "nai", (), "float32"),
+    "b_a1111_default.pt": ([8, 16], tuple, "simple", META_KEYS, "float32"),
+    "c_relu_ln_dropout.pt": ([8, 16], tuple, "relu_ln_dropout", META_KEYS, "float32"),
+    "d_deep.pt": ([8, 16], tuple, "deep", META_KEYS, "float32"),
+    "e_prelu.pt": ([8, 16], tuple, "prelu", META_KEYS, "float32"),
+    "f_none_no_activate_output.pt": ([8, 16], tuple, "simple", OLD_META_KEYS, "float32"),
+    "g_kohya_list.pt": ([8, 16], list, "simple", (), "float32"),
+    "h_monkeypatch_skip.pt": ([8, 16], tuple, "skip", (*META_KEYS, "skip_connection", "upsample_linear"), "float32"),
+    "i_sd2_1024.pt": ([1024, 320], tuple, "sd2", META_KEYS, "float32"),
+    "j_fp16_cuda.pt": ([8, 16], tuple, "simple", META_KEYS, "float16"),
+    "k_bf16.pt": ([8, 16], tuple, "simple", META_KEYS, "bfloat16"),
+    "l_legacy_stacked.pt": ([8, 16], tuple, "simple", META_KEYS, "float32"),
 }
 
 # selected metadata values: file -> {key: value}
@@ -269,7 +204,7 @@ def test_structure(torch: Any, name: str) -> None:
             assert type(sd) is collections.OrderedDict
             assert hasattr(sd, "_metadata")  # written by Module.state_dict()
             assert sd._metadata[""] == {"version": 1}
-            assert {k: tuple(v.shape) for k, v in sd.items()} == layout(dim)
+            assert {k: tuple(v.shape) for k, v in sd.items()} == _layout(layout, dim)
             for tensor in sd.values():
                 assert tensor.dtype == getattr(torch, dtype_name)
                 assert tensor.device.type == "cpu"
