@@ -126,7 +126,8 @@ def cast_dtype(hn: SDKVHypernetwork, dtype: str) -> tuple[SDKVHypernetwork, floa
 
 def nonfinite_tensors(hn: SDKVHypernetwork) -> list[str]:
     """Names of tensors holding NaN or Inf."""
-    return [name for name, arr in hn.tensors() if arr.dtype.kind in "fV" and not np.isfinite(arr).all()]
+    with np.errstate(invalid="ignore"):  # signalling NaNs are what we are looking for, not a warning
+        return [name for name, arr in hn.tensors() if arr.dtype.kind in "fV" and not np.isfinite(arr).all()]
 
 
 def strict_equal(a: Any, b: Any) -> bool:
@@ -136,7 +137,7 @@ def strict_equal(a: Any, b: Any) -> bool:
     if isinstance(a, list | tuple):
         return len(a) == len(b) and all(strict_equal(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict):
-        return list(a) == list(b) and all(strict_equal(a[k], b[k]) for k in a)
+        return strict_equal(list(a), list(b)) and all(strict_equal(a[k], b[k]) for k in a)
     if isinstance(a, float) and a != a:  # NaN
         return bool(b != b)
     return bool(a == b)

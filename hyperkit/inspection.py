@@ -86,7 +86,7 @@ def comfyui_verdict(fmt: str, hn: SDKVHypernetwork, tf: TorchFile | None, proble
     if blocked := [g for g in tf.globals if g in NOT_WEIGHTS_ONLY]:
         return _verdict(False, f"torch.load(weights_only=True) refuses global '{blocked[0]}'")
     act = hn.metadata.get("activation_func", "linear")
-    if act not in structure.COMFYUI_ACTIVATIONS:
+    if not (isinstance(act, str) and act in structure.COMFYUI_ACTIVATIONS):
         return _verdict(
             False,
             f"activation_func {act!r} is not one of ComfyUI's "

@@ -240,6 +240,8 @@ def read(path: str | os.PathLike[str]) -> SDKVHypernetwork:
         )
     if PREFIX + "format_version" not in meta:
         raise CorruptFileError(f"{source}: hyperkit.format_version is missing (truncated?)")
+    if not isinstance(model.graph.name, str):  # protobuf returns non-UTF-8 string fields as bytes
+        raise CorruptFileError(f"{source}: graph name is not UTF-8 text")
     tensors: dict[str, np.ndarray] = {}
     seen: set[str] = set()
     for init in model.graph.initializer:

@@ -80,7 +80,8 @@ class PickleWriter:
             self.out += b"J" + struct.pack("<i", v)
         else:
             n = (v.bit_length() + 8) // 8  # two's complement, sign bit included
-            self.out += b"\x8a" + bytes([n]) + v.to_bytes(n, "little", signed=True)
+            head = b"\x8a" + bytes([n]) if n < 256 else b"\x8b" + struct.pack("<i", n)  # LONG1 / LONG4
+            self.out += head + v.to_bytes(n, "little", signed=True)
 
     def _tuple(self, items: tuple[Any, ...]) -> None:
         if not items:

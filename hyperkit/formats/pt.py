@@ -45,6 +45,15 @@ def _plain(value: Any) -> bool:
     return False
 
 
+def _as_plain_types(value: Any) -> Any:
+    """Metadata with the reader's ``OrderedDict`` stand-ins turned into plain (ordered) dicts."""
+    if isinstance(value, dict):
+        return {k: _as_plain_types(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_as_plain_types(v) for v in value)
+    return value
+
+
 def _state(value: Any, where: str) -> StateDict:
     if not isinstance(value, dict):
         raise CorruptFileError(f"{where} is a {type(value).__name__}, expected a state dict")
@@ -72,7 +81,7 @@ def from_object(obj: Any, source: str, default_name: str = "hypernetwork") -> SD
     for key, value in obj.items():
         if isinstance(key, int) and not isinstance(key, bool):
             if not isinstance(value, list | tuple) or len(value) != 2:
-                raise CorruptFileError(f"{source}: dim {key} holds {type(value).__name__}, expected (k, v)")
+                raise CorruptFileError(f"{source}: a dim holds {type(value).__name__}, expected (k, v)")
             containers.add("list" if isinstance(value, list) else "tuple")
             modules[key] = (_state(value[0], f"dim {key} (k)"), _state(value[1], f"dim {key} (v)"))
         elif isinstance(key, str) and key.strip().isdigit():
@@ -82,10 +91,14 @@ def from_object(obj: Any, source: str, default_name: str = "hypernetwork") -> SD
                 hint="the file was written by a broken tool; its author should save int dim keys",
             )
         elif isinstance(key, str):
-            if not _plain(value):
+            try:
+                plain = _plain(value)
+            except RecursionError:
+                raise UnsupportedError(f"{source}: metadata '{key}' nests too deeply") from None
+            if not plain:
                 kind = "a tensor" if isinstance(value, np.ndarray) else type(value).__name__
                 raise UnsupportedError(f"{source}: metadata '{key}' holds {kind}, not a plain value")
-            metadata[key] = value
+            metadata[key] = _as_plain_types(value)
         else:
             raise CorruptFileError(f"{source}: unexpected top-level key {key!r}")
     return SDKVHypernetwork(

@@ -17,6 +17,7 @@ import _compat_pickle
 import io
 import pickle
 import pickletools
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -217,21 +218,23 @@ def scan_globals(data: bytes) -> list[str]:
     found: list[str] = []
     strings: list[str] = []
     memo: dict[int, Any] = {}
-    try:
-        for op, arg, _pos in pickletools.genops(data):
-            if op.name in ("GLOBAL", "INST"):
-                module, _, name = str(arg).partition(" ")
-                found.append(f"{module}.{name}")
-            elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
-                strings.append(str(arg))
-            elif op.name == "MEMOIZE" and strings:
-                memo[len(memo)] = strings[-1]
-            elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and strings and isinstance(arg, int):
-                memo[arg] = strings[-1]
-            elif op.name in ("BINGET", "LONG_BINGET", "GET") and isinstance(arg, int) and arg in memo:
-                strings.append(memo[arg])
-            elif op.name == "STACK_GLOBAL":
-                found.append(".".join(strings[-2:]) if len(strings) >= 2 else "<unknown>")
-    except Exception:  # truncated or malformed: report what was seen so far
-        found.append("<unreadable rest of pickle>")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pickletools warns on some damaged protocol-0 opcodes
+        try:
+            for op, arg, _pos in pickletools.genops(data):
+                if op.name in ("GLOBAL", "INST"):
+                    module, _, name = str(arg).partition(" ")
+                    found.append(f"{module}.{name}")
+                elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                    strings.append(str(arg))
+                elif op.name == "MEMOIZE" and strings:
+                    memo[len(memo)] = strings[-1]
+                elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and strings and isinstance(arg, int):
+                    memo[arg] = strings[-1]
+                elif op.name in ("BINGET", "LONG_BINGET", "GET") and isinstance(arg, int) and arg in memo:
+                    strings.append(memo[arg])
+                elif op.name == "STACK_GLOBAL":
+                    found.append(".".join(strings[-2:]) if len(strings) >= 2 else "<unknown>")
+        except Exception:  # truncated or malformed: report what was seen so far
+            found.append("<unreadable rest of pickle>")
     return list(dict.fromkeys(found))

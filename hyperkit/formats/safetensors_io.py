@@ -70,13 +70,13 @@ def parse_header(data: bytes | mmap.mmap) -> tuple[dict[str, Any], dict[str, str
         raise CorruptFileError(f"safetensors header length {n} runs past the end of the file (truncated?)")
     try:
         header = json.loads(bytes(data[8 : 8 + n]).decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         if isinstance(e, CorruptFileError):
             raise
         raise CorruptFileError(f"safetensors header is not valid UTF-8 JSON: {e}") from e
     if not isinstance(header, dict):
         raise CorruptFileError("safetensors header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", {})
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
@@ -86,11 +86,11 @@ def parse_header(data: bytes | mmap.mmap) -> tuple[dict[str, Any], dict[str, str
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
             raise CorruptFileError(f"safetensors entry '{name}' is malformed")
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in DTYPES:
+        if not isinstance(dtype, str) or dtype not in DTYPES:
             raise CorruptFileError(f"safetensors entry '{name}' has unsupported dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+        if not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape):
             raise CorruptFileError(f"safetensors entry '{name}' has an invalid shape {shape!r}")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
             raise CorruptFileError(f"safetensors entry '{name}' has invalid data_offsets {offsets!r}")
         begin, end = offsets
         if int(np.prod(shape, dtype=object)) * DTYPES[dtype].itemsize != end - begin:
@@ -123,9 +123,12 @@ def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray
     for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
         begin, _ = entry["data_offsets"]
         dtype = DTYPES[entry["dtype"]]
-        count = int(np.prod(entry["shape"], dtype=np.int64))
-        arr = np.frombuffer(mm, dtype=dtype, count=count, offset=start + begin)
-        tensors[name] = arr.reshape(entry["shape"])
+        count = int(np.prod(entry["shape"], dtype=object))
+        try:
+            arr = np.frombuffer(mm, dtype=dtype, count=count, offset=start + begin)
+            tensors[name] = arr.reshape(entry["shape"])
+        except (ValueError, OverflowError) as e:
+            raise CorruptFileError(f"safetensors entry '{name}' has an unusable shape {entry['shape']}: {e}") from e
     return tensors, metadata
 
 

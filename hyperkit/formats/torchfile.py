@@ -18,10 +18,12 @@ Example:
 from __future__ import annotations
 
 import io
+import lzma
 import mmap
 import os
 import struct
 import zipfile
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -33,6 +35,18 @@ from hyperkit.formats import safe_pickle
 from hyperkit.formats.arrays import raw_bytes
 from hyperkit.formats.pickle_writer import PickleWriter
 
+#: What zipfile raises on a damaged archive or member (unsupported method, encryption, bad data).
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    OSError,
+    ValueError,
+    EOFError,
+    struct.error,
+    NotImplementedError,
+    RuntimeError,
+    zlib.error,
+    lzma.LZMAError,
+)
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 ZIP_ALIGNMENT = 64
@@ -97,7 +111,7 @@ def _read_zip(data: bytes | mmap.mmap) -> TorchFile:
     try:
         zf = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes) else _MmapReader(data))
         infos = {i.filename: i for i in zf.infolist()}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error) as e:
+    except _ZIP_ERRORS as e:
         raise CorruptFileError(f"broken zip archive (truncated?): {e}") from e
     pickles = [name for name in infos if name.endswith("data.pkl") and name.count("/") == 1]
     if len(pickles) != 1:
@@ -112,7 +126,7 @@ def _read_zip(data: bytes | mmap.mmap) -> TorchFile:
         pkl = bytes(_member_view(data, zf, infos[pickles[0]]))
         order = infos.get(prefix + "byteorder")
         byteorder = bytes(_member_view(data, zf, order)).decode() if order else "little"
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+    except _ZIP_ERRORS as e:
         raise CorruptFileError(f"broken zip archive: {e}") from e
     if byteorder not in ("little", "big"):
         raise CorruptFileError(f"unknown byteorder record {byteorder!r}")

@@ -61,7 +61,10 @@ def decode_value(data: Any) -> Any:
             pairs = data["$dict"]
             if not all(isinstance(p, list) and len(p) == 2 for p in pairs):
                 raise CorruptFileError("malformed $dict in hyperkit metadata")
-            return {decode_value(k): decode_value(v) for k, v in pairs}
+            try:
+                return {decode_value(k): decode_value(v) for k, v in pairs}
+            except TypeError as e:  # an unhashable (list or dict) key
+                raise CorruptFileError(f"malformed $dict in hyperkit metadata: {e}") from e
         raise CorruptFileError(f"unexpected JSON object in hyperkit metadata: {sorted(data)}")
     return data
 
@@ -89,6 +92,11 @@ def to_string_map(hn: SDKVHypernetwork) -> dict[str, str]:
         PREFIX + "default_name": hn.default_name,
     }
     for key, value in hn.metadata.items():
+        if not key.isascii():
+            try:
+                key.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadInputError(f"metadata key {key!r} is not valid Unicode text") from None
         if key in RESERVED:
             raise BadInputError(f"metadata key '{key}' collides with hyperkit's own '{PREFIX}{key}'")
         out[PREFIX + key] = json.dumps(encode_value(value))
@@ -99,7 +107,7 @@ def to_string_map(hn: SDKVHypernetwork) -> dict[str, str]:
 def _loads(meta: dict[str, str], key: str, source: str) -> Any:
     try:
         return json.loads(meta[key])
-    except (KeyError, ValueError) as e:
+    except (KeyError, ValueError, RecursionError) as e:
         raise CorruptFileError(f"{source}: metadata '{key}' is missing or not valid JSON") from e
 
 
@@ -123,11 +131,17 @@ def from_string_map(tensors: dict[str, np.ndarray], meta: dict[str, str], source
         k: ({}, {}) for k in key_order if isinstance(k, int) and not isinstance(k, bool)
     }
     for name, arr in tensors.items():
+        if not isinstance(name, str):
+            raise CorruptFileError(f"{source}: tensor name {name!r} is not text")
         dim_s, _, rest = name.partition(".")
         kv, _, key = rest.partition(".")
-        if not dim_s.isdigit() or int(dim_s) not in modules or kv not in KV_NAMES or not key:
-            raise CorruptFileError(f"{source}: unexpected tensor name '{name}'")
-        modules[int(dim_s)][KV_NAMES.index(kv)][key] = arr
+        canonical = dim_s.isascii() and dim_s.isdigit() and str(int(dim_s)) == dim_s
+        if not canonical or int(dim_s) not in modules or kv not in KV_NAMES or not key:
+            raise CorruptFileError(f"{source}: unexpected tensor name {name!r}")
+        state = modules[int(dim_s)][KV_NAMES.index(kv)]
+        if key in state:
+            raise CorruptFileError(f"{source}: tensor name {name!r} appears twice")
+        state[key] = arr
     metadata = {k: decode_value(_loads(meta, PREFIX + k, source)) for k in key_order if isinstance(k, str)}
     return SDKVHypernetwork(
         modules=modules,

@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,7 +78,7 @@ class Layer:
 
 def _number_list(value: Any, key: str) -> tuple[float, ...]:
     if not isinstance(value, list | tuple) or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value
+        isinstance(v, int | float) and not isinstance(v, bool) and -(2**20) <= v <= 2**20 for v in value
     ):
         raise StructureError(f"metadata '{key}' must be a list of numbers, found {value!r}")
     return tuple(value)
@@ -224,6 +223,9 @@ def problems(hn: SDKVHypernetwork) -> list[str]:
     cfg = resolve_config(hn.metadata)
     found: list[str] = []
     for dim, pair in hn.modules.items():
+        if not 0 < dim <= 2**20:
+            found.append("a dim key is outside 1..2**20, not a plausible context width")
+            continue
         for kv, state in zip(KV_NAMES, pair, strict=True):
             found.extend(state_problems(dim, kv, state, cfg))
     return found
