@@ -151,6 +151,7 @@ def inspect_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         "parameters": hn.parameter_count,
         "container": hn.container,
         "metadata": {k: _jsonable(v) for k, v in hn.metadata.items()},
+        "metadata_types": {k: type(v).__name__ for k, v in hn.metadata.items()},
         "defaults_applied": {k: _jsonable(eff[k]) for k in hn.missing_metadata()},
         "legacy_keys": any(k in structure.LEGACY_NAMES for pair in hn.modules.values() for k in pair[0]),
         "structure_ok": not problems,
