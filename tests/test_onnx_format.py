@@ -40,7 +40,8 @@ def a1111_sequential(dim: int, md: dict[str, Any]) -> Any:
     ls = md.get("layer_structure", [1, 2, 1])
     act = md.get("activation_func")
     ds = md.get("dropout_structure") or parse_dropout_structure(
-        list(ls), md.get("use_dropout", False), md.get("last_layer_dropout", False))
+        list(ls), md.get("use_dropout", False), md.get("last_layer_dropout", False)
+    )
     layers: list[Any] = []
     n = len(ls)
     for i in range(n - 1):
@@ -62,8 +63,9 @@ def cast(arr: np.ndarray, dtype: str) -> np.ndarray:
     return arr.astype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
 
 
-def make(md: dict[str, Any], *, dtype: str = "float32", seed: int = 0,
-         legacy: bool = False) -> tuple[SDKVHypernetwork, dict[tuple[int, int], Any]]:
+def make(
+    md: dict[str, Any], *, dtype: str = "float32", seed: int = 0, legacy: bool = False
+) -> tuple[SDKVHypernetwork, dict[tuple[int, int], Any]]:
     """A hypernetwork from torch modules, plus those modules holding the very weights stored."""
     torch.manual_seed(seed)
     modules, seqs = {}, {}
@@ -74,11 +76,9 @@ def make(md: dict[str, Any], *, dtype: str = "float32", seed: int = 0,
             # A1111 keeps the Sequential as ``self.linear``, hence the ``linear.`` prefix
             state = {f"linear.{k}": cast(v.numpy(), dtype) for k, v in seq.state_dict().items()}
             # the reference runs on the stored (rounded) weights, upcast as the graph does
-            seq.load_state_dict({k[len("linear."):]: torch.from_numpy(v.astype(np.float32))
-                                 for k, v in state.items()})
+            seq.load_state_dict({k[len("linear.") :]: torch.from_numpy(v.astype(np.float32)) for k, v in state.items()})
             if legacy:
-                state = {k.replace("linear.0", "linear1").replace("linear.1", "linear2"): v
-                         for k, v in state.items()}
+                state = {k.replace("linear.0", "linear1").replace("linear.1", "linear2"): v for k, v in state.items()}
             pair.append(state)
             seqs[dim, which] = seq
         modules[dim] = (pair[0], pair[1])
@@ -106,12 +106,12 @@ def assert_runs_like_torch(path: Path, seqs: dict[tuple[int, int], Any]) -> None
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(1)
     for batch, tokens in ((2, 5), (3, 1)):
-        feeds = {f"context_{d}": rng.standard_normal((batch, tokens, d)).astype(np.float32) * 2
-                 for d in DIMS}
+        feeds = {f"context_{d}": rng.standard_normal((batch, tokens, d)).astype(np.float32) * 2 for d in DIMS}
         for strength in (None, 0.7):
             extra = {} if strength is None else {"strength": np.array(strength, np.float32)}
-            outputs = dict(zip([o.name for o in session.get_outputs()],
-                               session.run(None, {**feeds, **extra}), strict=True))
+            outputs = dict(
+                zip([o.name for o in session.get_outputs()], session.run(None, {**feeds, **extra}), strict=True)
+            )
             for (dim, which), seq in seqs.items():
                 x = torch.from_numpy(feeds[f"context_{dim}"])
                 with torch.no_grad():
@@ -124,12 +124,16 @@ def assert_runs_like_torch(path: Path, seqs: dict[tuple[int, int], Any]) -> None
 
 CONFIGS: list[dict[str, Any]] = [
     *({"activation_func": act, "activate_output": True} for act in sorted(ACTIVATIONS)),
-    {"activation_func": "relu", "is_layer_norm": True, "layer_structure": [1, 2, 2, 1],
-     "dropout_structure": [0, 0.1, 0.2, 0], "activate_output": False},
+    {
+        "activation_func": "relu",
+        "is_layer_norm": True,
+        "layer_structure": [1, 2, 2, 1],
+        "dropout_structure": [0, 0.1, 0.2, 0],
+        "activate_output": False,
+    },
     {"activation_func": "prelu", "is_layer_norm": True, "activate_output": False},
     {"activation_func": "leakyrelu", "is_layer_norm": True, "layer_structure": [1, 1.5, 1]},
-    {"activation_func": "swish", "layer_structure": [1, 2, 2, 1], "use_dropout": True,
-     "last_layer_dropout": True},
+    {"activation_func": "swish", "layer_structure": [1, 2, 2, 1], "use_dropout": True, "last_layer_dropout": True},
     {"layer_structure": [1.0, 2.0, 1.0], "activation_func": None, "is_layer_norm": True},
     {},
 ]
@@ -154,7 +158,8 @@ def test_low_and_high_precision_weights(dtype: str, tmp_path: Path) -> None:
     onnx.checker.check_model(model)
     stored = {t.name: t for t in model.graph.initializer}
     assert stored["8.k.linear.0.weight"].data_type == helper.np_dtype_to_tensor_dtype(
-        np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype))
+        np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+    )
     assert {n.op_type for n in model.graph.node} >= {"Cast", "Transpose", "PRelu", "LayerNormalization"}
     assert_runs_like_torch(path, seqs)
     back = onnx_format.read(path)
@@ -163,8 +168,14 @@ def test_low_and_high_precision_weights(dtype: str, tmp_path: Path) -> None:
 
 
 def test_legacy_novelai_names_and_metadata_survive(tmp_path: Path) -> None:
-    md = {"layer_structure": [1.0, 2.0, 1.0], "activation_func": None, "sd_checkpoint": None,
-          "is_layer_norm": False, "step": 3, "extra": {"a": (1, 2.0)}}
+    md = {
+        "layer_structure": [1.0, 2.0, 1.0],
+        "activation_func": None,
+        "sd_checkpoint": None,
+        "is_layer_norm": False,
+        "step": 3,
+        "extra": {"a": (1, 2.0)},
+    }
     hn, seqs = make(md, legacy=True, seed=5)
     hn.container = "list"
     hn.key_order = ["step", *DIMS, *(k for k in md if k != "step")]
@@ -254,13 +265,13 @@ def _set_meta(model: Any, key: str, value: str) -> None:
 
 EDITS: dict[str, Any] = {
     "op_type": lambda m: setattr(next(n for n in m.graph.node if n.op_type == "LeakyRelu"), "op_type", "Relu"),
-    "attribute": lambda m: setattr(next(n for n in m.graph.node if n.op_type == "LeakyRelu").attribute[0],
-                                   "f", 0.2),
+    "attribute": lambda m: setattr(next(n for n in m.graph.node if n.op_type == "LeakyRelu").attribute[0], "f", 0.2),
     "extra_node": lambda m: m.graph.node.append(helper.make_node("Relu", ["k_8"], ["junk"])),
     "rewired": lambda m: m.graph.node[-1].input.__setitem__(0, "context_8"),
     "strength_not_an_input": lambda m: m.graph.input.pop(),
     "strength_value": lambda m: m.graph.initializer[-1].CopyFrom(
-        numpy_helper.from_array(np.array(0.5, np.float32), "strength")),
+        numpy_helper.from_array(np.array(0.5, np.float32), "strength")
+    ),
     "activation_metadata": lambda m: _set_meta(m, "hyperkit.activation_func", '"elu"'),
     "opset": lambda m: setattr(m.opset_import[0], "version", 13),
     "structure_metadata": lambda m: _set_meta(m, "hyperkit.layer_structure", "[1, 3, 1]"),
