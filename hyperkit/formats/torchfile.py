@@ -22,6 +22,7 @@ import lzma
 import mmap
 import os
 import struct
+import warnings
 import zipfile
 import zlib
 from collections import OrderedDict
@@ -263,12 +264,14 @@ def _pickle_length(raw: bytes, start: int) -> int:
 
     stream = io.BytesIO(raw)
     stream.seek(start)
-    try:
-        for op, _arg, _pos in pickletools.genops(stream):
-            if op.name == "STOP":
-                return stream.tell() - start
-    except Exception as e:
-        raise CorruptFileError(f"malformed pickle: {e}") from e
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pickletools warns on some damaged protocol-0 opcodes
+        try:
+            for op, _arg, _pos in pickletools.genops(stream):
+                if op.name == "STOP":
+                    return stream.tell() - start
+        except Exception as e:
+            raise CorruptFileError(f"malformed pickle: {e}") from e
     raise CorruptFileError("pickle has no STOP opcode (truncated?)")
 
 
