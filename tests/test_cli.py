@@ -138,3 +138,10 @@ def test_safetensors_output_notes_where_it_loads(run_cli, tmp_path):
     result = run_cli("convert", src, tmp_path / "a.safetensors")
     assert result.code == 0
     assert "Warning: no UI loads hypernetworks from .safetensors" in result.stderr
+
+
+def test_cli_format_choices_match_the_registry():
+    from hyperkit import formats
+    from hyperkit.cli import FORMAT_NAMES
+
+    assert formats.names() == FORMAT_NAMES

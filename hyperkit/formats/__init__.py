@@ -29,7 +29,6 @@ class Format:
     name: str
     suffixes: tuple[str, ...]
     module: str
-    description: str
 
     def load_module(self) -> ModuleType:
         """Import the reader/writer module (heavy dependencies are imported only here)."""
@@ -49,30 +48,9 @@ def register(fmt: Format) -> None:
     _REGISTRY[fmt.name] = fmt
 
 
-register(
-    Format(
-        "pt",
-        (".pt", ".pth", ".ckpt", ".bin"),
-        "hyperkit.formats.pt",
-        "PyTorch pickle archive (A1111/ComfyUI hypernetworks)",
-    )
-)
-register(
-    Format(
-        "safetensors",
-        (".safetensors", ".sft"),
-        "hyperkit.formats.safetensors",
-        "safetensors with hyperkit.* and modelspec.* metadata",
-    )
-)
-register(
-    Format(
-        "onnx",
-        (".onnx",),
-        "hyperkit.formats.onnx",
-        "ONNX graph computing x + MLP(x)·strength per dim, metadata in metadata_props",
-    )
-)
+register(Format("pt", (".pt", ".pth", ".ckpt", ".bin"), "hyperkit.formats.pt"))
+register(Format("safetensors", (".safetensors", ".sft"), "hyperkit.formats.safetensors"))
+register(Format("onnx", (".onnx",), "hyperkit.formats.onnx"))
 
 
 def names() -> list[str]:

@@ -25,7 +25,6 @@ import struct
 import warnings
 import zipfile
 import zlib
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -309,8 +308,3 @@ def _add(zf: zipfile.ZipFile, f: IO[bytes], name: str, chunks: list[memoryview],
     with zf.open(info, "w", force_zip64=info.file_size >= 0xFFFFFFFF) as out:
         for chunk in chunks:
             out.write(chunk)
-
-
-def ordered(items: dict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
-    """An ``OrderedDict`` copy, which :class:`PickleWriter` emits as ``collections.OrderedDict``."""
-    return OrderedDict(items)
