@@ -125,11 +125,9 @@ def inspect_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     else:
         hn = read_any(p, fmt)
     try:
-        problems = structure.problems(hn)
-        cfg: structure.Config | None = structure.resolve_config(hn.metadata)
-        fatal = ""
+        problems, fatal = structure.problems(hn), ""
     except HyperkitError as e:  # unsupported variant: still describe what is there
-        problems, cfg, fatal = [e.message], None, e.message
+        problems, fatal = [e.message], e.message
     digest = sha256_file(p)
     eff = hn.effective_metadata()
     report: dict[str, Any] = {
@@ -170,7 +168,7 @@ def inspect_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         "comfyui": comfyui_verdict(fmt.name, hn, tf, problems),
         "torch_weights_only": weights_only_verdict(fmt.name, tf),
     }
-    if fatal or cfg is None:
+    if fatal:
         report["unsupported"] = fatal
     return report
 

@@ -70,6 +70,11 @@ def make_sd1_hypernetwork(path: Path) -> None:
     torch.save(obj, path)
 
 
+def hk_convert(src: Path, dst: Path) -> list[str]:
+    """The ``hyperkit convert`` command line timed in the table."""
+    return [HYPERKIT, "convert", str(src), str(dst), "--force"]
+
+
 def timed(cmd: list[str]) -> float:
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -128,13 +133,7 @@ def main() -> None:
         out = {name: work / name for name in ("hk.safetensors", "naive.safetensors", "copy.pt", "hk.onnx", "hk.pt")}
         convert = measure(
             {
-                "hyperkit convert .pt → .safetensors (verified)": [
-                    HYPERKIT,
-                    "convert",
-                    str(src),
-                    str(out["hk.safetensors"]),
-                    "--force",
-                ],
+                "hyperkit convert .pt → .safetensors (verified)": hk_convert(src, out["hk.safetensors"]),
                 "naive torch.load + save_file": [py, "-c", NAIVE, str(src), str(out["naive.safetensors"])],
                 "cp (copy the file)": ["cp", str(src), str(out["copy.pt"])],
             },
@@ -145,20 +144,8 @@ def main() -> None:
             rows.append((name, t, f"naive is {naive / t:.2f}× this"))
         more = measure(
             {
-                "hyperkit convert .pt → .onnx (verified)": [
-                    HYPERKIT,
-                    "convert",
-                    str(src),
-                    str(out["hk.onnx"]),
-                    "--force",
-                ],
-                "hyperkit convert .safetensors → .pt (verified)": [
-                    HYPERKIT,
-                    "convert",
-                    str(out["hk.safetensors"]),
-                    str(out["hk.pt"]),
-                    "--force",
-                ],
+                "hyperkit convert .pt → .onnx (verified)": hk_convert(src, out["hk.onnx"]),
+                "hyperkit convert .safetensors → .pt (verified)": hk_convert(out["hk.safetensors"], out["hk.pt"]),
             },
             max(3, args.rounds // 2),
         )

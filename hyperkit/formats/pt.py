@@ -35,23 +35,16 @@ from hyperkit.sdkv.model import A1111_METADATA_KEYS, SDKVHypernetwork, StateDict
 _PLAIN = (type(None), bool, int, float, str)
 
 
-def _plain(value: Any) -> bool:
+def _plain_copy(value: Any) -> Any:
+    """A copy of a metadata value made only of plain types (the reader's ``OrderedDict`` stand-ins
+    become plain ordered dicts); raises ``TypeError`` for anything else (tensors, stand-ins)."""
     if isinstance(value, _PLAIN):
-        return True
+        return value
     if isinstance(value, list | tuple):
-        return all(_plain(v) for v in value)
+        return type(value)(_plain_copy(v) for v in value)
     if isinstance(value, dict):
-        return all(_plain(k) and _plain(v) for k, v in value.items())
-    return False
-
-
-def _as_plain_types(value: Any) -> Any:
-    """Metadata with the reader's ``OrderedDict`` stand-ins turned into plain (ordered) dicts."""
-    if isinstance(value, dict):
-        return {k: _as_plain_types(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_as_plain_types(v) for v in value)
-    return value
+        return {_plain_copy(k): _plain_copy(v) for k, v in value.items()}
+    raise TypeError(type(value).__name__)
 
 
 def _state(value: Any, where: str) -> StateDict:
@@ -92,13 +85,12 @@ def from_object(obj: Any, source: str, default_name: str = "hypernetwork") -> SD
             )
         elif isinstance(key, str):
             try:
-                plain = _plain(value)
+                metadata[key] = _plain_copy(value)
             except RecursionError:
                 raise UnsupportedError(f"{source}: metadata '{key}' nests too deeply") from None
-            if not plain:
+            except TypeError:
                 kind = "a tensor" if isinstance(value, np.ndarray) else type(value).__name__
-                raise UnsupportedError(f"{source}: metadata '{key}' holds {kind}, not a plain value")
-            metadata[key] = _as_plain_types(value)
+                raise UnsupportedError(f"{source}: metadata '{key}' holds {kind}, not a plain value") from None
         else:
             raise CorruptFileError(f"{source}: unexpected top-level key {key!r}")
     return SDKVHypernetwork(

@@ -215,6 +215,10 @@ def problems(hn: SDKVHypernetwork) -> list[str]:
     Raises :class:`UnsupportedError` for MonkeyPatch files and unbuildable activations, since no
     layout exists to compare against.
     """
+    return _diagnose(hn)[1]
+
+
+def _diagnose(hn: SDKVHypernetwork) -> tuple[Config, list[str]]:
     if hn.metadata.get("skip_connection"):
         raise UnsupportedError(
             "Hypernetwork-MonkeyPatch files with skip_connection=True (ResBlock modules) are unsupported",
@@ -228,7 +232,7 @@ def problems(hn: SDKVHypernetwork) -> list[str]:
             continue
         for kv, state in zip(KV_NAMES, pair, strict=True):
             found.extend(state_problems(dim, kv, state, cfg))
-    return found
+    return cfg, found
 
 
 def check(hn: SDKVHypernetwork) -> Config:
@@ -243,8 +247,7 @@ def check(hn: SDKVHypernetwork) -> Config:
         ...     print(str(e).splitlines()[0][:56])
         tensors do not fit layer_structure [1, 2, 1], activation
     """
-    found = problems(hn)
-    cfg = resolve_config(hn.metadata)
+    cfg, found = _diagnose(hn)
     if found:
         shown = "; ".join(found[:4]) + (f"; and {len(found) - 4} more" if len(found) > 4 else "")
         raise StructureError(f"tensors do not fit {describe(cfg)}: {shown}")
