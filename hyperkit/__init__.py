@@ -18,7 +18,8 @@ from hyperkit._version import __version__
 
 if TYPE_CHECKING:
     from hyperkit import demo
-    from hyperkit.conversion import convert, convert_folder, load, save
+    from hyperkit.conversion import convert, load, save
+    from hyperkit.folder import convert_folder
     from hyperkit.inspection import inspect_file
     from hyperkit.sdkv.model import SDKVHypernetwork
 
@@ -26,7 +27,7 @@ __all__ = ["SDKVHypernetwork", "__version__", "convert", "convert_folder", "demo
 
 _LAZY = {
     "convert": "hyperkit.conversion",
-    "convert_folder": "hyperkit.conversion",
+    "convert_folder": "hyperkit.folder",
     "load": "hyperkit.conversion",
     "save": "hyperkit.conversion",
     "inspect_file": "hyperkit.inspection",

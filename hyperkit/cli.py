@@ -146,8 +146,8 @@ def convert(src: Path, dst: Path, to: str | None, dtype: str, force: bool, stric
 
 
 def _convert_folder(src: Path, dst: Path, to: str | None, dtype: str, force: bool, strict: bool, as_json: bool) -> None:
-    from hyperkit.conversion import checkpoints_in, convert_folder
     from hyperkit.errors import UsageProblem
+    from hyperkit.folder import checkpoints_in, convert_folder
     from hyperkit.render import folder_exit_code, render_folder, result_dict
 
     if not to:

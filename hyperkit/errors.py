@@ -93,6 +93,36 @@ class VerificationError(CheckFailed):
     """What was written does not reload to what was meant to be written."""
 
 
+#: An error line longer than this is cut (a hostile key or path must not flood the terminal).
+MAX_MESSAGE_CHARS = 1000
+
+
+def sanitize(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` made safe for one terminal line: control characters, line breaks and lone surrogates
+    (undecodable bytes of a file name) escaped, and cut to ``limit`` characters.
+
+    Example:
+        >>> sanitize("bad key 'a\\nb\\x1b[31m'")
+        "bad key 'a\\\\nb\\\\x1b[31m'"
+        >>> sanitize("x" * 20, limit=10)
+        'xxxxxxxxxx… (10 more characters)'
+    """
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if code < 0x20 or 0x7F <= code < 0xA0 or 0xD800 <= code < 0xE000 or ch in "\u2028\u2029":
+            if 0xDC80 <= code <= 0xDCFF:  # a byte that os.fsdecode could not decode: show the byte
+                out.append(f"\\x{code - 0xDC00:02x}")
+            else:
+                out.append(ch.encode("unicode_escape").decode("ascii") if code < 0xD800 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    clean = "".join(out)
+    if len(clean) > limit:
+        clean = f"{clean[:limit]}… ({len(clean) - limit} more characters)"
+    return clean
+
+
 def require(module: str, extra: str) -> None:
     """Raise :class:`MissingDependencyError` naming the pip extra when ``module`` is missing.
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from hyperkit.conversion import ConvertResult, FolderItem
+from hyperkit.conversion import ConvertResult
 from hyperkit.errors import ExitCode, HyperkitError
+from hyperkit.folder import FolderItem
 
 
 def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:

@@ -63,6 +63,8 @@ class TorchFile:
     globals: list[str] = field(default_factory=list)
     locations: list[str] = field(default_factory=list)
     members: list[str] = field(default_factory=list)
+    #: Names of the distinct pickle opcodes used (``pickletools`` names), for loader verdicts.
+    opcodes: list[str] = field(default_factory=list)
 
 
 def read_torch_file(path: str | os.PathLike[str]) -> TorchFile:
