@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from hyperkit import formats
-from hyperkit.errors import BadInputError, HyperkitError, UsageProblem, VerificationError
+from hyperkit.errors import BadInputError, HyperkitError, OutputPathError, UsageProblem, VerificationError
 from hyperkit.formats.arrays import bit_equal
+from hyperkit.formats.dtypes import numpy_dtype
 from hyperkit.paths import atomic_output, check_input, check_output
 from hyperkit.sdkv import structure
 from hyperkit.sdkv.model import SDKVHypernetwork
@@ -106,9 +107,7 @@ def cast_dtype(hn: SDKVHypernetwork, dtype: str) -> tuple[SDKVHypernetwork, floa
     """Cast every floating tensor to ``dtype`` (``keep`` leaves them); return max abs error too."""
     if dtype == "keep":
         return hn, 0.0, []
-    import ml_dtypes
-
-    target = {"fp32": np.dtype("f4"), "fp16": np.dtype("f2"), "bf16": np.dtype(ml_dtypes.bfloat16)}[dtype]
+    target = numpy_dtype({"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[dtype])
     worst, overflow = 0.0, []
     for name, arr in hn.tensors():
         src64 = arr.astype(np.float64)
@@ -144,7 +143,13 @@ def strict_equal(a: Any, b: Any) -> bool:
 
 
 def verify(expected: SDKVHypernetwork, got: SDKVHypernetwork, where: str) -> None:
-    """Raise :class:`VerificationError` listing every tensor or metadata difference."""
+    """Raise :class:`VerificationError` listing every tensor or metadata difference.
+
+    The pages of memory-mapped tensors are released once compared, so checking a file never holds
+    all of it (or of the input) in this process's memory at once.
+    """
+    from hyperkit.formats.arrays import release
+
     problems = []
     want, have = dict(expected.tensors()), dict(got.tensors())
     if list(want) != list(have):
@@ -156,6 +161,9 @@ def verify(expected: SDKVHypernetwork, got: SDKVHypernetwork, where: str) -> Non
             problems.append(
                 f"tensor '{name}' differs ({arr.dtype}{list(arr.shape)} vs {have[name].dtype}{list(have[name].shape)})"
             )
+        release(arr)
+        if name in have:
+            release(have[name])
     for attr in ("metadata", "key_order", "container"):
         if not strict_equal(getattr(expected, attr), getattr(got, attr)):
             problems.append(
@@ -169,6 +177,10 @@ def _write_verified(hn: SDKVHypernetwork, dst: Path, fmt: formats.Format, *, for
     module = fmt.load_module()
     normalize: Callable[[SDKVHypernetwork], SDKVHypernetwork] | None = getattr(module, "normalize", None)
     expected = normalize(hn) if normalize else hn
+    from hyperkit.formats.arrays import release
+
+    for _, arr in hn.tensors():  # pages of a memory-mapped input already read (e.g. to check them)
+        release(arr)
     with atomic_output(dst, force=force, src=src) as tmp:
         module.write(hn, tmp, stem=dst.stem)
         verify(expected, module.read(tmp), str(dst))
@@ -176,19 +188,30 @@ def _write_verified(hn: SDKVHypernetwork, dst: Path, fmt: formats.Format, *, for
     return size
 
 
-def _resolve_dst(src: Path, dst: Path, to: str | None) -> tuple[Path, formats.Format]:
-    if dst.is_dir():
+def _resolve_dst(src: Path, dst: str | os.PathLike[str], to: str | None) -> tuple[Path, formats.Format]:
+    """The output file and format. A DST that is a folder, or ends with ``/`` (then it is created
+    when its parent exists), receives SRC's stem with the format's suffix."""
+    as_folder = isinstance(dst, str) and dst.endswith(("/", os.sep))
+    folder = Path(dst)
+    if as_folder and not folder.is_dir():
+        if not folder.parent.is_dir():
+            raise OutputPathError(f"{folder}: output folder's parent '{folder.parent}' does not exist")
+        try:
+            folder.mkdir()
+        except OSError as e:
+            raise OutputPathError(f"{folder}: cannot create the output folder: {e.strerror or e}") from e
+    if as_folder or folder.is_dir():
         if not to:
-            raise UsageProblem(f"{dst} is a folder: pass --to to choose the output format")
+            raise UsageProblem(f"{folder} is a folder: pass --to to choose the output format")
         fmt = formats.get(to)
-        return dst / (src.stem + fmt.suffixes[0]), fmt
+        return folder / (src.stem + fmt.suffixes[0]), fmt
     if to:
         fmt = formats.get(to)
-        suffix = dst.suffix.lower()
+        suffix = folder.suffix.lower()
         if suffix in formats.suffixes() and suffix not in fmt.suffixes:
-            raise UsageProblem(f"--to {to} contradicts the output suffix '{dst.suffix}'")
-        return dst, fmt
-    return dst, formats.for_path(dst)
+            raise UsageProblem(f"--to {to} contradicts the output suffix '{folder.suffix}'")
+        return folder, fmt
+    return folder, formats.for_path(folder)
 
 
 def convert(
@@ -209,7 +232,7 @@ def convert(
     if dtype not in DTYPES:
         raise UsageProblem(f"--dtype must be one of {', '.join(DTYPES)}, not '{dtype}'")
     src_p = check_input(src)
-    dst_p, fmt = _resolve_dst(src_p, Path(dst), to)
+    dst_p, fmt = _resolve_dst(src_p, dst, to)
     check_output(dst_p, force=force, src=src_p)
     src_fmt = formats.for_path(src_p)
     hn = load(src_p, format=src_fmt.name)

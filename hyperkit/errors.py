@@ -63,6 +63,10 @@ class StructureError(BadInputError):
     """Tensor keys or shapes contradict the declared layer structure."""
 
 
+class LimitExceeded(BadInputError):
+    """The input crosses one of hyperkit's explicit resource limits (:mod:`hyperkit.formats.limits`)."""
+
+
 class OutputPathError(BadInputError):
     """The output path is unusable: missing folder, same as the input, or exists without --force."""
 

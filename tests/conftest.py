@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from click.testing import CliRunner
+from hypothesis import settings
 
 from hyperkit.cli import cli
+
+# `make test` (CI) runs every property test derandomized and without the example database, so a
+# run's outcome depends only on the code; `make fuzz` selects the "fuzz" profile: random draws,
+# many more examples (HYPERKIT_FUZZ_SCALE / HYPERKIT_PROPERTY_SCALE), failures saved to replay.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("fuzz", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 ACT = {
     "relu": torch.nn.ReLU,

@@ -27,7 +27,8 @@ from hypothesis import strategies as st
 
 from hyperkit import conversion, formats
 from hyperkit.formats import pt
-from hyperkit.formats.safetensors_io import DTYPES as ST_DTYPES
+from hyperkit.formats.dtypes import numpy_dtype
+from hyperkit.formats.safetensors_io import DTYPES as ST_DTYPE_NAMES
 from hyperkit.formats.safetensors_io import read_safetensors, write_safetensors
 from hyperkit.sdkv import structure
 from hyperkit.sdkv.model import A1111_METADATA_KEYS, SDKVHypernetwork
@@ -437,8 +438,8 @@ def tensor_dicts(draw: st.DrawFn) -> list[tuple[str, np.ndarray]]:
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     out = []
     for name in names:
-        code = draw(st.sampled_from(sorted(ST_DTYPES)))
-        dtype = ST_DTYPES[code]
+        code = draw(st.sampled_from(sorted(ST_DTYPE_NAMES)))
+        dtype = numpy_dtype(ST_DTYPE_NAMES[code])
         shape = tuple(draw(st.lists(st.integers(0, 5), max_size=3)))
         n = math.prod(shape)
         if code == "BOOL":
@@ -485,7 +486,7 @@ def test_safetensors_io_round_trip_and_reference_interop(
     pytest.importorskip("torch")
     st_torch = pytest.importorskip("safetensors.torch")
     safe_open = pytest.importorskip("safetensors").safe_open
-    names = {v: k for k, v in ST_DTYPES.items()}
+    names = {numpy_dtype(v): k for k, v in ST_DTYPE_NAMES.items()}
     with tempfile.TemporaryDirectory() as tmp:
         ours = Path(tmp) / "ours.safetensors"
         write_safetensors(ours, tensors, metadata)

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from conftest import a1111_dict, save_pt
 
-from hyperkit.errors import CorruptFileError, UnsafePickleError
+from hyperkit.errors import BadInputError, CorruptFileError, UnsafePickleError
 from hyperkit.formats import safe_pickle
+from hyperkit.formats.pickle_scan import analyze
 from hyperkit.formats.torchfile import read_torch_bytes, read_torch_file
 
 
@@ -71,8 +72,41 @@ def test_python2_names_are_reported_in_python3_spelling():
 
 def test_scan_lists_every_global_statically():
     pkl = b"\x80\x04\x8c\x02os\x94\x8c\x06system\x94\x93\x94\x8c\x05echo!\x94\x85\x94R\x94."
-    assert safe_pickle.scan_globals(pkl) == ["os.system"]
-    assert safe_pickle.scan_globals(b"\x80\x02cposix\nsystem\nq\x00.") == ["posix.system"]
+    assert analyze(pkl).globals == ["os.system"]
+    assert analyze(b"\x80\x02cposix\nsystem\nq\x00.").globals == ["posix.system"]
+
+
+def test_stack_global_names_come_from_the_strings_on_the_stack():
+    """Protocol 4 memoises the module and name strings and may fetch them back with BINGET."""
+    pkl = pickle.dumps([print, print, len], protocol=4)
+    facts = analyze(pkl)
+    assert facts.globals == ["builtins.print", "builtins.len"]
+    assert {"STACK_GLOBAL", "MEMOIZE", "FRAME"} <= set(facts.opcodes)
+
+
+@pytest.mark.parametrize(
+    ("pkl", "message"),
+    [
+        (b"\x80\x02N" + b"\x85" * 100 + b".", "more than 64 levels deep"),
+        (b"\x80\x02]q\x00h\x00a.", "self-referencing"),
+        (b"\x80\x020N.", "stack underflow"),
+        (b"\x80\x02N", "exhausted before seeing STOP"),
+        (b"\x80\x02N" + b"N0" * 1_000_001 + b".", "more than 1,000,000 opcodes"),
+        (b"\x80\x02h\x05.", "memo key 5 was never stored"),
+    ],
+    ids=["deep-tuple", "cycle", "underflow", "truncated", "too-many-ops", "bad-memo"],
+)
+def test_analysis_refuses_before_unpickling(pkl, message):
+    with pytest.raises(BadInputError, match=message):
+        safe_pickle.load_pickle(pkl, lambda pid: None)
+
+
+def test_depth_counts_containers_filled_after_they_were_shared():
+    """A list memoised, placed in a tuple, and only then filled must count at its final depth."""
+    # [] PUT0, GET0 TUPLE1 (tuple holds the list), POP, then fill the list with a 70-deep tuple
+    pkl = b"\x80\x02]q\x00h\x00\x85" + b"0" + b"N" + b"\x85" * 70 + b"a."
+    with pytest.raises(BadInputError, match="more than 64 levels deep"):
+        analyze(pkl)
 
 
 def test_legacy_stacked_file_matches_zip_file(tmp_path):
@@ -85,3 +119,52 @@ def test_legacy_stacked_file_matches_zip_file(tmp_path):
     for which in (0, 1):
         for key, tensor in obj[8][which].items():
             assert np.array_equal(legacy.obj[8][which][key], tensor.numpy())
+
+
+def _tensor_pickle(size: tuple[int, ...], stride: tuple[int, ...], numel: int) -> bytes:
+    """A protocol-2 pickle of one tensor record over storage '0' (numel float32 elements)."""
+    from hyperkit.formats.pickle_writer import PickleWriter
+
+    w = PickleWriter([])
+    w.out = bytearray(b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n((")
+    for item in ("storage",):
+        w._save(item)
+    w.out += b"ctorch\nFloatStorage\n"
+    for item in ("0", "cpu", numel):
+        w._save(item)
+    w.out += b"tQ"
+    for item in (0, size, stride):
+        w._save(item)
+    w.out += b"\x89ccollections\nOrderedDict\n)RtR."
+    return bytes(w.out)
+
+
+@pytest.mark.parametrize(
+    ("size", "stride", "message"),
+    [
+        ((25000, 20000), (0, 0), "overlaps itself"),
+        ((10, 10), (1, 1), "overlaps itself"),
+        ((3, 4), (4, 1), "reaches element 11, past its storage of 4"),
+    ],
+    ids=["zero-stride", "overlapping", "out-of-bounds"],
+)
+def test_views_are_never_expanded(size, stride, message):
+    data = _zip(_tensor_pickle(size, stride, 4 if message.startswith("reaches") else 100), {"0": bytes(400)})
+    with pytest.raises(BadInputError, match=message):
+        read_torch_bytes(data)
+
+
+def test_a_transposed_view_is_copied_contiguous():
+    data = _zip(_tensor_pickle((3, 2), (1, 3), 6), {"0": np.arange(6, dtype="<f4").tobytes()})
+    arr = read_torch_bytes(data).obj
+    assert arr.flags.c_contiguous
+    assert arr.tolist() == [[0, 3], [1, 4], [2, 5]]
+
+
+def test_zip_bomb_is_refused_from_the_directory():
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a/data.pkl", _tensor_pickle((1,), (1,), 1))
+        zf.writestr("a/data/0", bytes(64 << 20))
+    with pytest.raises(BadInputError, match=r"inflate to 67,108,990 bytes, over 32x .*zip bomb"):
+        read_torch_bytes(buf.getvalue())

@@ -29,7 +29,9 @@ from typing import Any
 import numpy as np
 
 from hyperkit.errors import BadInputError, CorruptFileError, StructureError, UnsupportedError
+from hyperkit.formats.limits import check_value
 from hyperkit.formats.torchfile import TorchFile, read_torch_file, write_torch_zip
+from hyperkit.paths import text_name
 from hyperkit.sdkv.model import A1111_METADATA_KEYS, SDKVHypernetwork, StateDict
 
 _PLAIN = (type(None), bool, int, float, str)
@@ -73,6 +75,7 @@ def from_object(obj: Any, source: str, default_name: str = "hypernetwork") -> SD
     containers = set()
     for key, value in obj.items():
         if isinstance(key, int) and not isinstance(key, bool):
+            check_value(key, f"{source}: dim key")
             if not isinstance(value, list | tuple) or len(value) != 2:
                 raise CorruptFileError(f"{source}: a dim holds {type(value).__name__}, expected (k, v)")
             containers.add("list" if isinstance(value, list) else "tuple")
@@ -84,10 +87,10 @@ def from_object(obj: Any, source: str, default_name: str = "hypernetwork") -> SD
                 hint="the file was written by a broken tool; its author should save int dim keys",
             )
         elif isinstance(key, str):
+            check_value(key, f"{source}: metadata key")
+            check_value(value, f"{source}: metadata '{key}'")
             try:
                 metadata[key] = _plain_copy(value)
-            except RecursionError:
-                raise UnsupportedError(f"{source}: metadata '{key}' nests too deeply") from None
             except TypeError:
                 kind = "a tensor" if isinstance(value, np.ndarray) else type(value).__name__
                 raise UnsupportedError(f"{source}: metadata '{key}' holds {kind}, not a plain value") from None
@@ -105,7 +108,7 @@ def from_object(obj: Any, source: str, default_name: str = "hypernetwork") -> SD
 def read_with_info(path: str | os.PathLike[str]) -> tuple[SDKVHypernetwork, TorchFile]:
     """Read a hypernetwork ``.pt`` and also return the container facts (globals, locations)."""
     tf = read_torch_file(path)
-    return from_object(tf.obj, str(path), Path(path).stem), tf
+    return from_object(tf.obj, str(path), text_name(Path(path).stem)), tf
 
 
 def read(path: str | os.PathLike[str]) -> SDKVHypernetwork:
@@ -133,4 +136,6 @@ def normalize(hn: SDKVHypernetwork) -> SDKVHypernetwork:
 
 def write(hn: SDKVHypernetwork, path: str | os.PathLike[str], *, stem: str) -> None:
     """Write an A1111/ComfyUI-loadable ``.pt``; ``stem`` names the archive's top folder."""
+    for key, value in hn.metadata.items():
+        check_value(value, f"metadata '{key}'")  # the pickle writer recurses into it
     write_torch_zip(path, a1111_object(hn), stem)

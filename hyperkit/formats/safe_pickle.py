@@ -5,9 +5,13 @@ stand-ins for the few globals a weights file needs and refuses everything else *
 runs. Nothing the file names is ever imported. Tensor storages are fetched through a callback, so
 the same unpickler serves the zip archive and the legacy stacked-pickle format.
 
+Every pickle is first analysed statically (:mod:`hyperkit.formats.pickle_scan`: opcode count,
+nesting depth, cycles) and only then unpickled, and tensor views are checked against their
+storage and never expanded, so a hostile file meets a clear error before it can allocate.
+
 Example:
     >>> import io, pickle
-    >>> load_pickle(pickle.dumps({"step": 3}, protocol=2), lambda pid: None)
+    >>> load_pickle(pickle.dumps({"step": 3}, protocol=2), lambda pid: None).obj
     {'step': 3}
 """
 
@@ -16,30 +20,32 @@ from __future__ import annotations
 import _compat_pickle
 import io
 import pickle
-import pickletools
-import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
-from hyperkit.errors import CorruptFileError, UnsafePickleError, UnsupportedError
+from hyperkit.errors import CorruptFileError, HyperkitError, LimitExceeded, UnsafePickleError, UnsupportedError
+from hyperkit.formats.dtypes import numpy_dtype
+from hyperkit.formats.limits import MAX_NDIM, MAX_TENSORS, MAX_VIEW_EXPANSION
+from hyperkit.formats.pickle_scan import PickleFacts, analyze
 
-#: torch storage class name -> numpy dtype of its elements.
-STORAGE_DTYPES: dict[str, np.dtype] = {
-    "FloatStorage": np.dtype("<f4"),
-    "DoubleStorage": np.dtype("<f8"),
-    "HalfStorage": np.dtype("<f2"),
-    "BFloat16Storage": np.dtype(ml_dtypes.bfloat16),
-    "LongStorage": np.dtype("<i8"),
-    "IntStorage": np.dtype("<i4"),
-    "ShortStorage": np.dtype("<i2"),
-    "CharStorage": np.dtype("i1"),
-    "ByteStorage": np.dtype("u1"),
-    "BoolStorage": np.dtype("?"),
+#: torch storage class name -> numpy dtype name of its elements (bfloat16 comes from ml_dtypes,
+#: imported only when such a storage is met: it costs ~0.5 s of start-up).
+STORAGE_DTYPES: dict[str, str] = {
+    "FloatStorage": "float32",
+    "DoubleStorage": "float64",
+    "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16",
+    "LongStorage": "int64",
+    "IntStorage": "int32",
+    "ShortStorage": "int16",
+    "CharStorage": "int8",
+    "ByteStorage": "uint8",
+    "BoolStorage": "bool",
 }
-STORAGE_NAMES: dict[str, str] = {str(v): k for k, v in STORAGE_DTYPES.items()}
+STORAGE_NAMES: dict[str, str] = {v: k for k, v in STORAGE_DTYPES.items()}
 
 
 class _Frozen:
@@ -57,13 +63,16 @@ class _Frozen:
 class StorageType(_Frozen):
     """Stand-in for ``torch.FloatStorage`` & co.: only records the element dtype."""
 
-    __slots__ = ("dtype", "name")
-    dtype: np.dtype
+    __slots__ = ("name",)
     name: str
 
     def __init__(self, name: str) -> None:
         object.__setattr__(self, "name", name)
-        object.__setattr__(self, "dtype", STORAGE_DTYPES[name])
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The numpy dtype of the storage's elements."""
+        return numpy_dtype(STORAGE_DTYPES[self.name])
 
 
 class Call(_Frozen):
@@ -89,32 +98,64 @@ class SafeOrderedDict(dict[Any, Any]):
 
 
 def _check_view(buf_len: int, offset: int, size: tuple[int, ...], stride: tuple[int, ...]) -> None:
-    """Refuse a tensor view that would reach outside its storage (``as_strided`` trusts us)."""
+    """Refuse a tensor view that reaches outside its storage (``as_strided`` trusts us) or that
+    overlaps itself (zero or overlapping strides), which would expand a small storage into a huge
+    array; neither occurs in a saved weights file."""
     if not all(isinstance(v, int) and v >= 0 for v in (offset, *size, *stride)) or len(size) != len(stride):
-        raise CorruptFileError(f"invalid tensor view: offset {offset!r}, size {size!r}, stride {stride!r}")
+        raise CorruptFileError(f"invalid tensor view: offset {offset!r:.40}, size {size!r:.80}, stride {stride!r:.80}")
+    if len(size) > MAX_NDIM:
+        raise LimitExceeded(f"tensor view has {len(size)} dimensions, more than the limit of {MAX_NDIM}")
     if 0 in size:
         return
-    last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
+    reach = 0  # the furthest element the dims checked so far reach, smallest stride first
+    for step, n in sorted((st, n) for n, st in zip(size, stride, strict=True) if n > 1):
+        if step <= reach:
+            raise UnsupportedError(
+                f"tensor view (size {list(size)}, stride {list(stride)}) overlaps itself; "
+                "hyperkit refuses to expand it into a larger array"
+            )
+        reach += (n - 1) * step
+    last = offset + reach
     if last >= buf_len:
         raise CorruptFileError(
             f"tensor view (offset {offset}, size {list(size)}) reaches element {last}, past its storage of {buf_len}"
         )
 
 
-def rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *_rest: Any) -> np.ndarray:
-    """Stand-in for ``torch._utils._rebuild_tensor_v2``: a C-contiguous numpy array."""
-    if not isinstance(storage, np.ndarray) or not isinstance(size, tuple) or not isinstance(stride, tuple):
-        raise CorruptFileError("malformed tensor record in pickle")
-    _check_view(storage.size, offset, size, stride)
-    if 0 in size:
-        return np.zeros(size, dtype=storage.dtype)
-    isz = storage.dtype.itemsize
-    view = np.lib.stride_tricks.as_strided(
-        storage[offset:], shape=size, strides=tuple(s * isz for s in stride), writeable=False
-    )
-    if view.flags.c_contiguous:
-        return view
-    return np.ascontiguousarray(view)
+class _TensorBuilder:
+    """Per-file stand-in for ``torch._utils._rebuild_tensor_v2`` with a budget: the tensors built
+    may hold at most :data:`MAX_VIEW_EXPANSION` times the bytes of the storages they view."""
+
+    def __init__(self) -> None:
+        self.built = 0
+        self.bytes_built = 0
+        self.storages: dict[int, int] = {}  # id(storage array) -> its bytes
+
+    def __call__(self, storage: Any, offset: Any, size: Any, stride: Any, *_rest: Any) -> np.ndarray:
+        if not isinstance(storage, np.ndarray) or not isinstance(size, tuple) or not isinstance(stride, tuple):
+            raise CorruptFileError("malformed tensor record in pickle")
+        _check_view(storage.size, offset, size, stride)
+        self.built += 1
+        if self.built > MAX_TENSORS:
+            raise LimitExceeded(f"more than {MAX_TENSORS:,} tensors in one file")
+        self.storages[id(storage)] = storage.nbytes
+        numel = 1
+        for n in size:
+            numel *= n
+        self.bytes_built += numel * storage.itemsize
+        if self.bytes_built > MAX_VIEW_EXPANSION * sum(self.storages.values()) + 4096:
+            raise LimitExceeded(
+                f"tensors view their storages more than {MAX_VIEW_EXPANSION} times over; refusing to expand them"
+            )
+        if 0 in size:
+            return np.zeros(size, dtype=storage.dtype)
+        isz = storage.dtype.itemsize
+        view = np.lib.stride_tricks.as_strided(
+            storage[offset:], shape=size, strides=tuple(s * isz for s in stride), writeable=False
+        )
+        if view.flags.c_contiguous:
+            return view
+        return np.ascontiguousarray(view)  # e.g. a transposed weight: no larger than its storage
 
 
 def rebuild_parameter(data: Any, requires_grad: Any = False, *_rest: Any) -> np.ndarray:
@@ -157,7 +198,6 @@ def numpy_scalar(dtype: Any, data: Any = None) -> int | float | bool:
 
 ALLOWED: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): Call(SafeOrderedDict),
-    ("torch._utils", "_rebuild_tensor_v2"): Call(rebuild_tensor),
     ("torch._utils", "_rebuild_parameter"): Call(rebuild_parameter),
     ("_codecs", "encode"): Call(codecs_encode),
     ("numpy", "dtype"): Call(NumpyDType),
@@ -165,17 +205,21 @@ ALLOWED: dict[tuple[str, str], Any] = {
     ("numpy._core.multiarray", "scalar"): Call(numpy_scalar),
     **{("torch", name): StorageType(name) for name in STORAGE_DTYPES},
 }
+REBUILD_TENSOR = ("torch._utils", "_rebuild_tensor_v2")  # per file: it carries the view budget
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, data: bytes, persistent: Callable[[Any], Any]) -> None:
+    def __init__(self, data: bytes | memoryview, persistent: Callable[[Any], Any]) -> None:
         super().__init__(io.BytesIO(data))
         self._persistent = persistent
+        self._rebuild_tensor = Call(_TensorBuilder())
 
     def find_class(self, module: str, name: str) -> Any:
         # Protocol < 3 pickles spell Python 2 names (``__builtin__``); report the Python 3 ones.
         module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        if (module, name) == REBUILD_TENSOR:
+            return self._rebuild_tensor
         try:
             return ALLOWED[(module, name)]
         except KeyError:
@@ -190,15 +234,25 @@ class _Unpickler(pickle.Unpickler):
         return self._persistent(pid)
 
 
-def load_pickle(data: bytes, persistent: Callable[[Any], Any]) -> Any:
-    """Unpickle ``data`` with the allowlist; ``persistent`` resolves storage ids to arrays.
+@dataclass
+class Loaded:
+    """An unpickled object and what the static analysis found in its pickle."""
 
-    Raises :class:`UnsafePickleError` for a forbidden global and :class:`CorruptFileError` for
-    anything malformed; no other exception escapes.
+    obj: Any
+    facts: PickleFacts
+
+
+def load_pickle(data: bytes | memoryview, persistent: Callable[[Any], Any], facts: PickleFacts | None = None) -> Loaded:
+    """Analyse ``data`` (unless ``facts`` of it are given), then unpickle it with the allowlist;
+    ``persistent`` resolves storage ids to arrays.
+
+    Raises :class:`UnsafePickleError` for a forbidden global, :class:`LimitExceeded` past a limit
+    and :class:`CorruptFileError` for anything malformed; no other exception escapes.
     """
+    facts = facts or analyze(data)
     try:
-        return _Unpickler(data, persistent).load()
-    except (UnsafePickleError, UnsupportedError, CorruptFileError):
+        return Loaded(_Unpickler(data[: facts.length], persistent).load(), facts)
+    except HyperkitError:
         raise
     except RecursionError as e:
         raise CorruptFileError("pickle nests too deeply") from e
@@ -206,35 +260,3 @@ def load_pickle(data: bytes, persistent: Callable[[Any], Any]) -> Any:
         raise CorruptFileError("pickle asks for more memory than available") from e
     except Exception as e:  # malformed opcodes, bad arguments to a stand-in, truncation, ...
         raise CorruptFileError(f"malformed pickle: {type(e).__name__}: {e}") from e
-
-
-def scan_globals(data: bytes) -> list[str]:
-    """List the globals a pickle names, statically (nothing is unpickled); best effort.
-
-    Example:
-        >>> scan_globals(b"\\x80\\x02cos\\nsystem\\nq\\x00.")
-        ['os.system']
-    """
-    found: list[str] = []
-    strings: list[str] = []
-    memo: dict[int, Any] = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pickletools warns on some damaged protocol-0 opcodes
-        try:
-            for op, arg, _pos in pickletools.genops(data):
-                if op.name in ("GLOBAL", "INST"):
-                    module, _, name = str(arg).partition(" ")
-                    found.append(f"{module}.{name}")
-                elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
-                    strings.append(str(arg))
-                elif op.name == "MEMOIZE" and strings:
-                    memo[len(memo)] = strings[-1]
-                elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and strings and isinstance(arg, int):
-                    memo[arg] = strings[-1]
-                elif op.name in ("BINGET", "LONG_BINGET", "GET") and isinstance(arg, int) and arg in memo:
-                    strings.append(memo[arg])
-                elif op.name == "STACK_GLOBAL":
-                    found.append(".".join(strings[-2:]) if len(strings) >= 2 else "<unknown>")
-        except Exception:  # truncated or malformed: report what was seen so far
-            found.append("<unreadable rest of pickle>")
-    return list(dict.fromkeys(found))

@@ -24,30 +24,31 @@ import struct
 from collections.abc import Iterable
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 from hyperkit.errors import BadInputError, CorruptFileError
 from hyperkit.formats.arrays import raw_bytes
+from hyperkit.formats.dtypes import numpy_dtype
 
 MAX_HEADER = 100_000_000
 
-DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype("?"),
-    "U8": np.dtype("u1"),
-    "I8": np.dtype("i1"),
-    "I16": np.dtype("<i2"),
-    "U16": np.dtype("<u2"),
-    "F16": np.dtype("<f2"),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "I32": np.dtype("<i4"),
-    "U32": np.dtype("<u4"),
-    "F32": np.dtype("<f4"),
-    "F64": np.dtype("<f8"),
-    "I64": np.dtype("<i8"),
-    "U64": np.dtype("<u8"),
+#: safetensors dtype code -> numpy dtype name (resolved by :func:`numpy_dtype`, lazily for bf16).
+DTYPES: dict[str, str] = {
+    "BOOL": "bool",
+    "U8": "uint8",
+    "I8": "int8",
+    "I16": "int16",
+    "U16": "uint16",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I32": "int32",
+    "U32": "uint32",
+    "F32": "float32",
+    "F64": "float64",
+    "I64": "int64",
+    "U64": "uint64",
 }
-NAMES: dict[np.dtype, str] = {v: k for k, v in DTYPES.items()}
+NAMES: dict[str, str] = {v: k for k, v in DTYPES.items()}
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -93,7 +94,7 @@ def parse_header(data: bytes | mmap.mmap) -> tuple[dict[str, Any], dict[str, str
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
             raise CorruptFileError(f"safetensors entry '{name}' has invalid data_offsets {offsets!r}")
         begin, end = offsets
-        if int(np.prod(shape, dtype=object)) * DTYPES[dtype].itemsize != end - begin:
+        if int(np.prod(shape, dtype=object)) * numpy_dtype(DTYPES[dtype]).itemsize != end - begin:
             raise CorruptFileError(
                 f"safetensors entry '{name}': byte size {end - begin} does not match shape {shape} of {dtype}"
             )
@@ -122,7 +123,7 @@ def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray
     tensors = {}
     for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
         begin, _ = entry["data_offsets"]
-        dtype = DTYPES[entry["dtype"]]
+        dtype = numpy_dtype(DTYPES[entry["dtype"]])
         count = int(np.prod(entry["shape"], dtype=object))
         try:
             arr = np.frombuffer(mm, dtype=dtype, count=count, offset=start + begin)
@@ -140,7 +141,7 @@ def write_safetensors(
     header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
     offset = 0
     for name, arr in items:
-        dtype = NAMES.get(arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype)
+        dtype = NAMES.get(arr.dtype.name)
         if dtype is None:
             raise BadInputError(f"tensor '{name}' has dtype {arr.dtype}, which safetensors cannot store")
         if name in header:

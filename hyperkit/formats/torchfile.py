@@ -22,7 +22,6 @@ import lzma
 import mmap
 import os
 import struct
-import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -30,10 +29,13 @@ from typing import IO, Any
 
 import numpy as np
 
-from hyperkit.errors import CorruptFileError, UnsupportedError
+from hyperkit.errors import CorruptFileError, LimitExceeded, UnsupportedError
 from hyperkit.formats import safe_pickle
 from hyperkit.formats.arrays import raw_bytes
+from hyperkit.formats.limits import INFLATE_SLACK_BYTES, MAX_INFLATE_RATIO, MAX_PICKLE_BYTES, MIB
+from hyperkit.formats.pickle_scan import analyze
 from hyperkit.formats.pickle_writer import PickleWriter
+from hyperkit.paths import text_name
 
 #: What zipfile raises on a damaged archive or member (unsupported method, encryption, bad data).
 _ZIP_ERRORS = (
@@ -50,7 +52,6 @@ _ZIP_ERRORS = (
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 ZIP_ALIGNMENT = 64
-MAX_PICKLE_BYTES = 1 << 30  # guards against a compressed data.pkl "zip bomb"
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
@@ -94,10 +95,15 @@ def read_torch_bytes(data: bytes | mmap.mmap) -> TorchFile:
     raise CorruptFileError("not a PyTorch file: neither a zip archive nor a pickle")
 
 
-def _member_view(data: bytes | mmap.mmap, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> memoryview | bytes:
-    """The bytes of one member: a zero-copy view for stored members, else a decompressed copy."""
+def _member_view(
+    data: bytes | mmap.mmap, zf: zipfile.ZipFile, info: zipfile.ZipInfo, size: int | None = None
+) -> memoryview | bytes:
+    """The first ``size`` bytes (default: all) of one member: a zero-copy view for stored members,
+    else decompressed, never more than ``size`` (the archive's inflation was bounded up front)."""
+    size = info.file_size if size is None else size
     if info.compress_type != zipfile.ZIP_STORED:
-        return zf.read(info)
+        with zf.open(info) as member:
+            return member.read(size)
     off = info.header_offset
     header = bytes(data[off : off + 30])
     if len(header) < 30 or header[:4] != b"PK\x03\x04":
@@ -106,7 +112,20 @@ def _member_view(data: bytes | mmap.mmap, zf: zipfile.ZipFile, info: zipfile.Zip
     start = off + 30 + n + m
     if start + info.file_size > len(data):
         raise CorruptFileError(f"zip member '{info.filename}' runs past the end of the file (truncated?)")
-    return memoryview(data)[start : start + info.file_size]
+    return memoryview(data)[start : start + size]
+
+
+def _check_inflation(infos: list[zipfile.ZipInfo]) -> None:
+    """Refuse a zip bomb from its central directory, before anything is decompressed."""
+    packed = [i for i in infos if i.compress_type != zipfile.ZIP_STORED]
+    inflated = sum(i.file_size for i in packed)
+    allowed = MAX_INFLATE_RATIO * sum(i.compress_size for i in packed) + INFLATE_SLACK_BYTES
+    if inflated > allowed:
+        raise LimitExceeded(
+            f"compressed zip members inflate to {inflated:,} bytes, over {MAX_INFLATE_RATIO}x their "
+            f"compressed size plus {INFLATE_SLACK_BYTES // MIB} MiB (a zip bomb?)",
+            hint="torch never compresses its archives; re-save the file with torch.save",
+        )
 
 
 def _read_zip(data: bytes | mmap.mmap) -> TorchFile:
@@ -121,17 +140,20 @@ def _read_zip(data: bytes | mmap.mmap) -> TorchFile:
         raise CorruptFileError(f"zip archive is not a torch file: {found} '<archive>/data.pkl' members")
     prefix = pickles[0][: -len("data.pkl")]
     if infos[pickles[0]].file_size > MAX_PICKLE_BYTES:
-        raise CorruptFileError(
-            f"data.pkl declares {infos[pickles[0]].file_size} bytes; a weights pickle is far smaller"
+        raise LimitExceeded(
+            f"data.pkl declares {infos[pickles[0]].file_size:,} bytes, over the {MAX_PICKLE_BYTES // MIB} MiB "
+            "limit for a weights pickle"
         )
+    _check_inflation(list(infos.values()))
     try:
         pkl = bytes(_member_view(data, zf, infos[pickles[0]]))
         order = infos.get(prefix + "byteorder")
-        byteorder = bytes(_member_view(data, zf, order)).decode() if order else "little"
+        byteorder = bytes(_member_view(data, zf, order, min(order.file_size, 16))).decode() if order else "little"
     except _ZIP_ERRORS as e:
         raise CorruptFileError(f"broken zip archive: {e}") from e
     if byteorder not in ("little", "big"):
         raise CorruptFileError(f"unknown byteorder record {byteorder!r}")
+    facts = analyze(pkl)
     cache: dict[str, np.ndarray] = {}
     locations: list[str] = []
 
@@ -145,22 +167,28 @@ def _read_zip(data: bytes | mmap.mmap) -> TorchFile:
             info = infos.get(f"{prefix}data/{key}")
             if info is None:
                 raise CorruptFileError(f"storage '{key}' is missing from the archive")
-            raw = _member_view(data, zf, info)
             dtype = stype.dtype.newbyteorder(">") if byteorder == "big" else stype.dtype
-            if numel < 0 or numel * dtype.itemsize > len(raw):
-                raise CorruptFileError(f"storage '{key}' holds {len(raw)} bytes, too few for {numel} elements")
+            if numel < 0 or numel * dtype.itemsize > info.file_size:
+                raise CorruptFileError(f"storage '{key}' holds {info.file_size} bytes, too few for {numel} elements")
+            try:
+                raw = _member_view(data, zf, info, numel * dtype.itemsize)
+            except _ZIP_ERRORS as e:
+                raise CorruptFileError(f"broken zip member '{info.filename}': {e}") from e
+            if len(raw) < numel * dtype.itemsize:
+                raise CorruptFileError(f"storage '{key}' is shorter than its zip entry declares")
             arr = np.frombuffer(raw, dtype=dtype, count=numel)
             cache[key] = arr.astype(stype.dtype) if byteorder == "big" else arr
             locations.append(str(location))
         return cache[key]
 
-    obj = safe_pickle.load_pickle(pkl, persistent)
+    obj = safe_pickle.load_pickle(pkl, persistent, facts).obj
     return TorchFile(
         obj=obj,
         container="zip",
-        globals=safe_pickle.scan_globals(pkl),
+        globals=facts.globals,
         locations=sorted(set(locations)),
         members=list(infos),
+        opcodes=facts.opcodes,
     )
 
 
@@ -193,7 +221,7 @@ class _MmapReader(io.RawIOBase):
 
 def _read_legacy(data: bytes | mmap.mmap) -> TorchFile:
     """Stacked pickles: magic, protocol, sys_info, the object, storage keys, then raw storages."""
-    raw = bytes(data)
+    raw = memoryview(data)
     pos = 0
 
     def no_persistent(pid: Any) -> Any:
@@ -201,10 +229,9 @@ def _read_legacy(data: bytes | mmap.mmap) -> TorchFile:
 
     def next_pickle() -> Any:
         nonlocal pos
-        length = _pickle_length(raw, pos)
-        obj = safe_pickle.load_pickle(raw[pos : pos + length], no_persistent)
-        pos += length
-        return obj
+        loaded = safe_pickle.load_pickle(raw[pos:], no_persistent)
+        pos += loaded.facts.length
+        return loaded.obj
 
     if next_pickle() != LEGACY_MAGIC:
         raise CorruptFileError("not a PyTorch file: a pickle without torch's magic number")
@@ -213,13 +240,15 @@ def _read_legacy(data: bytes | mmap.mmap) -> TorchFile:
     sys_info = next_pickle()
     if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
         raise UnsupportedError("big-endian legacy torch files are not supported")
-    main = raw[pos : pos + _pickle_length(raw, pos)]
-    pos += len(main)
+    main_facts = analyze(raw[pos:])
+    main = raw[pos : pos + main_facts.length]
+    pos += main_facts.length
     specs: dict[str, tuple[np.dtype, int]] = {}
     locations: list[str] = []
 
     def record(pid: Any) -> np.ndarray:
-        # First pass: learn each storage's dtype and size; placeholders keep views checkable.
+        # First pass: learn each storage's dtype and size; zero-stride placeholders (no memory)
+        # keep the views checkable.
         if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"):
             raise CorruptFileError(f"unexpected persistent id {pid!r:.80}")
         _, stype, key, location, numel, view = pid
@@ -231,9 +260,9 @@ def _read_legacy(data: bytes | mmap.mmap) -> TorchFile:
             raise CorruptFileError(f"storage '{key}' claims {numel} elements, more than the file holds")
         specs.setdefault(str(key), (stype.dtype, numel))
         locations.append(str(location))
-        return np.zeros(numel, dtype=stype.dtype)
+        return np.broadcast_to(np.zeros(1, dtype=stype.dtype), (numel,))
 
-    safe_pickle.load_pickle(main, record)
+    safe_pickle.load_pickle(main, record, main_facts)
     keys = next_pickle()
     if not isinstance(keys, list):
         raise CorruptFileError("legacy torch file has no storage key list")
@@ -253,27 +282,14 @@ def _read_legacy(data: bytes | mmap.mmap) -> TorchFile:
             raise CorruptFileError(f"storage '{pid[2]}' has no data in the file")
         return arrays[str(pid[2])]
 
-    obj = safe_pickle.load_pickle(main, resolve)
+    obj = safe_pickle.load_pickle(main, resolve, main_facts).obj
     return TorchFile(
-        obj=obj, container="legacy", globals=safe_pickle.scan_globals(main), locations=sorted(set(locations))
+        obj=obj,
+        container="legacy",
+        globals=main_facts.globals,
+        locations=sorted(set(locations)),
+        opcodes=main_facts.opcodes,
     )
-
-
-def _pickle_length(raw: bytes, start: int) -> int:
-    """Byte length of the pickle starting at ``raw[start]``, up to and including its STOP."""
-    import pickletools
-
-    stream = io.BytesIO(raw)
-    stream.seek(start)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pickletools warns on some damaged protocol-0 opcodes
-        try:
-            for op, _arg, _pos in pickletools.genops(stream):
-                if op.name == "STOP":
-                    return stream.tell() - start
-        except Exception as e:
-            raise CorruptFileError(f"malformed pickle: {e}") from e
-    raise CorruptFileError("pickle has no STOP opcode (truncated?)")
 
 
 def write_torch_zip(target: str | os.PathLike[str] | IO[bytes], obj: Any, stem: str) -> None:
@@ -284,6 +300,7 @@ def write_torch_zip(target: str | os.PathLike[str] | IO[bytes], obj: Any, stem: 
     """
     arrays: list[np.ndarray] = []
     pkl = PickleWriter(arrays).dumps(obj)
+    stem = text_name(stem).replace("/", "_") or "archive"  # one valid UTF-8 folder name, as torch writes
     if isinstance(target, str | os.PathLike):
         with open(target, "wb") as f:
             _write_zip(f, stem, pkl, arrays)

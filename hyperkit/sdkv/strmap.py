@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from hyperkit.errors import BadInputError, CorruptFileError, UnknownFormatError
+from hyperkit.formats.limits import check_value
+from hyperkit.paths import text_name
 from hyperkit.sdkv.model import FAMILY, KV_NAMES, SDKVHypernetwork, StateDict
 
 FORMAT_VERSION = "1"
@@ -92,11 +94,8 @@ def to_string_map(hn: SDKVHypernetwork) -> dict[str, str]:
         PREFIX + "default_name": hn.default_name,
     }
     for key, value in hn.metadata.items():
-        if not key.isascii():
-            try:
-                key.encode("utf-8")
-            except UnicodeEncodeError:
-                raise BadInputError(f"metadata key {key!r} is not valid Unicode text") from None
+        check_value(key, "metadata key")
+        check_value(value, f"metadata '{key}'")
         if key in RESERVED:
             raise BadInputError(f"metadata key '{key}' collides with hyperkit's own '{PREFIX}{key}'")
         out[PREFIX + key] = json.dumps(encode_value(value))
@@ -142,11 +141,17 @@ def from_string_map(tensors: dict[str, np.ndarray], meta: dict[str, str], source
         if key in state:
             raise CorruptFileError(f"{source}: tensor name {name!r} appears twice")
         state[key] = arr
-    metadata = {k: decode_value(_loads(meta, PREFIX + k, source)) for k in key_order if isinstance(k, str)}
+    check_value(key_order, f"{source}: hyperkit.key_order")
+    metadata = {}
+    for key in key_order:
+        if isinstance(key, str):
+            value = _loads(meta, PREFIX + key, source)
+            check_value(value, f"{source}: metadata '{key}'")  # before decode_value recurses into it
+            metadata[key] = decode_value(value)
     return SDKVHypernetwork(
         modules=modules,
         metadata=metadata,
         key_order=key_order,
         container=container,
-        default_name=meta.get(PREFIX + "default_name") or Path(source).stem or "hypernetwork",
+        default_name=meta.get(PREFIX + "default_name") or text_name(Path(source).stem) or "hypernetwork",
     )
