@@ -28,7 +28,7 @@ from hyperkit import formats
 from hyperkit.errors import BadInputError, HyperkitError, OutputPathError, UsageProblem, VerificationError
 from hyperkit.formats.arrays import bit_equal
 from hyperkit.formats.dtypes import numpy_dtype
-from hyperkit.paths import atomic_output, check_input, check_output
+from hyperkit.paths import atomic_output, check_input, check_output, is_folder, text_name
 from hyperkit.sdkv import structure
 from hyperkit.sdkv.model import SDKVHypernetwork
 
@@ -182,7 +182,7 @@ def _write_verified(hn: SDKVHypernetwork, dst: Path, fmt: formats.Format, *, for
     for _, arr in hn.tensors():  # pages of a memory-mapped input already read (e.g. to check them)
         release(arr)
     with atomic_output(dst, force=force, src=src) as tmp:
-        module.write(hn, tmp, stem=dst.stem)
+        module.write(hn, tmp, stem=text_name(dst.stem))  # names inside files must be valid UTF-8
         verify(expected, module.read(tmp), str(dst))
         size = tmp.stat().st_size
     return size
@@ -193,14 +193,14 @@ def _resolve_dst(src: Path, dst: str | os.PathLike[str], to: str | None) -> tupl
     when its parent exists), receives SRC's stem with the format's suffix."""
     as_folder = isinstance(dst, str) and dst.endswith(("/", os.sep))
     folder = Path(dst)
-    if as_folder and not folder.is_dir():
-        if not folder.parent.is_dir():
+    if as_folder and not is_folder(folder):
+        if not is_folder(folder.parent):
             raise OutputPathError(f"{folder}: output folder's parent '{folder.parent}' does not exist")
         try:
             folder.mkdir()
         except OSError as e:
             raise OutputPathError(f"{folder}: cannot create the output folder: {e.strerror or e}") from e
-    if as_folder or folder.is_dir():
+    if as_folder or is_folder(folder):
         if not to:
             raise UsageProblem(f"{folder} is a folder: pass --to to choose the output format")
         fmt = formats.get(to)

@@ -40,6 +40,14 @@ def _stat_safely(path: Path, what: str) -> os.stat_result | None:
         raise BadInputError(f"{path}: unusable {what} path: {reason}") from None
 
 
+def is_folder(path: Path) -> bool:
+    """``path.is_dir()`` that says False instead of raising for an over-long or odd path."""
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def check_input(path: str | os.PathLike[str]) -> Path:
     """An existing regular file, or a clear :class:`BadInputError` (a pipe or a device would block
     or never end, so only regular files are read)."""

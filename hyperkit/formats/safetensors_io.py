@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from hyperkit.errors import BadInputError, CorruptFileError
+from hyperkit.errors import BadInputError, CorruptFileError, LimitExceeded
 from hyperkit.formats.arrays import raw_bytes
 from hyperkit.formats.dtypes import numpy_dtype
 
@@ -150,6 +150,8 @@ def write_safetensors(
         offset += arr.nbytes
     blob = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     blob += b" " * ((-len(blob)) % 8)
+    if len(blob) > MAX_HEADER:  # the reference reader (and ours) would refuse the file
+        raise LimitExceeded(f"safetensors header would be {len(blob):,} bytes, over the {MAX_HEADER:,}-byte limit")
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
