@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from hyperkit.errors import EnvironmentProblem
+from hyperkit.errors import EnvironmentProblem, OutputPathError
 
 DEMO_FIXTURE = "b_a1111_default.pt"
 
@@ -33,8 +33,62 @@ def fixture_path(name: str) -> Path:
     return path
 
 
-def run_demo(out: Path | None = None) -> Iterator[str]:
-    """Convert a fixture .pt -> .safetensors -> .onnx -> .pt, run the ONNX model, yield log lines."""
+DEMO_OUTPUTS = ("demo.safetensors", "demo.onnx", "demo.pt")
+
+
+def prepare_out(out: Path, *, force: bool = False) -> None:
+    """Make ``out`` ready for the demo's files, or refuse before anything is written.
+
+    ``out`` is created when its parent exists; demo files already in it are overwritten only
+    with ``force``.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "demo"
+        >>> prepare_out(out)
+        >>> out.is_dir()
+        True
+    """
+    if out.exists() and not out.is_dir():
+        raise OutputPathError(f"{out}: is a file, expected a folder for the demo's files")
+    if not out.exists():
+        if not out.parent.is_dir():
+            raise OutputPathError(
+                f"{out}: cannot create it: '{out.parent}' does not exist",
+                hint="create the parent folder first; the demo creates only the last folder",
+            )
+        out.mkdir()
+        return
+    for name in DEMO_OUTPUTS:
+        if (out / name).is_dir():  # convert() would write *into* it
+            raise OutputPathError(f"{out / name}: is a folder, expected a file path")
+    existing = [name for name in DEMO_OUTPUTS if (out / name).exists()]
+    if existing and not force:
+        raise OutputPathError(
+            f"{out}: already holds {', '.join(existing)}",
+            hint="pass --force to overwrite them, or choose another --out",
+        )
+
+
+def run_demo(out: Path | None = None, *, force: bool = False) -> Iterator[str]:
+    """Convert a fixture .pt -> .safetensors -> .onnx -> .pt, run the ONNX model, yield log lines.
+
+    Without ``out`` the files go to a temporary folder removed at the end (also on an error or
+    Ctrl-C); with ``out`` they are kept there (see :func:`prepare_out`). Every error is raised
+    before the first line when it concerns the paths.
+    """
+    src = fixture_path(DEMO_FIXTURE)
+    if out is None:
+        with tempfile.TemporaryDirectory(prefix="hyperkit-demo-", ignore_cleanup_errors=True) as tmp:
+            yield f"hyperkit demo: {src.name} through every format in a temporary folder (--out keeps the files)"
+            yield from _steps(src, Path(tmp), force=False)
+        return
+    prepare_out(out, force=force)
+    yield f"hyperkit demo: {src.name} through every format in {out}"
+    yield from _steps(src, out, force=force)
+
+
+def _steps(src: Path, out: Path, *, force: bool) -> Iterator[str]:
     import numpy as np
 
     from hyperkit.conversion import convert, load, strict_equal
@@ -43,11 +97,6 @@ def run_demo(out: Path | None = None) -> Iterator[str]:
     from hyperkit.render import render_convert
     from hyperkit.runtime import make_session
 
-    src = fixture_path(DEMO_FIXTURE)
-    if out is None:
-        out = Path(tempfile.mkdtemp(prefix="hyperkit-demo-"))
-    out.mkdir(exist_ok=True)
-    yield f"hyperkit demo: {src.name} through every format in {out}"
     before = inspect_file(src)["verdicts"]["a1111"]
     yield f"  source as saved by torch {'loads' if before['loads'] else 'fails'} in A1111: {before['reason'] or 'ok'}"
     steps = [
@@ -56,7 +105,7 @@ def run_demo(out: Path | None = None) -> Iterator[str]:
         (out / "demo.onnx", out / "demo.pt"),
     ]
     for a, b in steps:
-        yield "  convert " + render_convert(convert(a, b, force=True))
+        yield "  convert " + render_convert(convert(a, b, force=force))
     original, final = load(src), load(out / "demo.pt")
     same = all(bit_equal(x, y) for (_, x), (_, y) in zip(original.tensors(), final.tensors(), strict=True))
     yield (
@@ -80,5 +129,5 @@ def run_demo(out: Path | None = None) -> Iterator[str]:
     )
     report = inspect_file(out / "demo.pt")
     for tool, verdict in report["verdicts"].items():
-        yield f"  {out / 'demo.pt'} {tool}: {'loads' if verdict['loads'] else 'does not load'}"
+        yield f"  demo.pt {tool}: {'loads' if verdict['loads'] else 'does not load'}"
     yield "done"

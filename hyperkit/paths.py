@@ -80,7 +80,7 @@ def check_output(dst: str | os.PathLike[str], *, force: bool, src: str | os.Path
     if parent is None or not stat.S_ISDIR(parent.st_mode):
         raise OutputPathError(
             f"{d}: output folder '{d.parent}' does not exist",
-            hint="create it first; hyperkit never creates folders implicitly",
+            hint="create it first (hyperkit creates a missing output folder only for a DST ending in '/')",
         )
     if len(os.fsencode(d.name)) > MAX_NAME_BYTES:
         raise OutputPathError(f"{d}: file name is longer than {MAX_NAME_BYTES} bytes")

@@ -230,7 +230,7 @@ def test_output_in_missing_folder(tmp_path, run_cli):
     assert result.code == BAD_INPUT
     assert result.stderr == (
         f"Error: {tmp_path / 'nope' / 'a.safetensors'}: output folder '{tmp_path / 'nope'}' does not exist\n"
-        "Hint: create it first; hyperkit never creates folders implicitly\n"
+        "Hint: create it first (hyperkit creates a missing output folder only for a DST ending in '/')\n"
     )
     assert not (tmp_path / "nope").exists()
 
