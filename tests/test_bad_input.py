@@ -27,9 +27,18 @@ class Evil:
         return self.fn, self.args
 
 
-def _assert_refused(run_cli, folder: Path, src: Path, message: str, code: int = BAD_INPUT) -> None:
+def _assert_refused(
+    run_cli, folder: Path, src: Path, message: str, code: int = BAD_INPUT, inspect_describes: bool = False
+) -> None:
+    """Every command refuses ``src``; with ``inspect_describes`` (a file that is not a hypernetwork
+    but a well-formed one of something else) ``inspect`` instead describes it and exits 0."""
     before, digest = listing(folder), sha256(src)
-    for args in (["inspect", src], ["convert", src, folder / "out.safetensors"], ["convert", src, folder / "o.pt"]):
+    if inspect_describes:
+        result = run_cli("inspect", src, "--json")
+        assert result.code == 0, result.stderr
+        assert json.loads(result.stdout)["family"] == "unknown"
+    commands = [["convert", src, folder / "out.safetensors"], ["convert", src, folder / "o.pt"]]
+    for args in commands if inspect_describes else [["inspect", src], *commands]:
         result = run_cli(*args)
         assert result.code == code, (args, result.stderr)
         assert result.stderr.startswith(f"Error: {src}: {message}"), result.stderr
@@ -133,7 +142,9 @@ def test_safetensors_trailing_bytes(tmp_path, run_cli):
 def test_safetensors_not_ours(tmp_path, run_cli):
     entry = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
     src = _safetensors(tmp_path / "lora.safetensors", {"a": entry}, b"\0" * 8)
-    _assert_refused(run_cli, tmp_path, src, "not a hyperkit sd-kv hypernetwork (hyperkit.family is None)")
+    _assert_refused(
+        run_cli, tmp_path, src, "not a hyperkit sd-kv hypernetwork (hyperkit.family is None)", inspect_describes=True
+    )
 
 
 def test_onnx_not_ours(tmp_path, run_cli):
@@ -148,7 +159,7 @@ def test_onnx_not_ours(tmp_path, run_cli):
     )
     src = tmp_path / "relu.onnx"
     onnx.save(helper.make_model(graph), src)
-    _assert_refused(run_cli, tmp_path, src, "not a hyperkit sd-kv")
+    _assert_refused(run_cli, tmp_path, src, "not a hyperkit sd-kv", inspect_describes=True)
 
 
 def test_string_dim_keys(tmp_path, run_cli):
@@ -266,6 +277,4 @@ def test_missing_input(tmp_path, run_cli):
 
 def test_model_checkpoint_is_not_a_hypernetwork(tmp_path, run_cli):
     src = save_pt({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "model.ckpt")
-    result = run_cli("inspect", src)
-    assert result.code == BAD_INPUT
-    assert result.stderr.startswith(f"Error: {src}: no hypernetwork layers (int dim keys) found")
+    _assert_refused(run_cli, tmp_path, src, "no hypernetwork layers (int dim keys) found", inspect_describes=True)

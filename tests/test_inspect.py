@@ -37,7 +37,7 @@ def test_a1111_default_report(run_cli):
         "reason": "its safety check rejects the archive member 'b_a1111_default/.format_version' (written by "
         "torch ≥ 2.x); `hyperkit convert` to .pt writes a layout it accepts",
     }
-    assert r["verdicts"]["comfyui"] == {"loads": True, "reason": ""}
+    assert r["verdicts"]["comfyui"] == {"loads": True, "same_as_a1111": True, "reason": ""}
 
 
 def test_converted_pt_loads_everywhere(tmp_path):
@@ -94,3 +94,19 @@ def test_human_table_marks_defaults(run_cli):
     text = run_cli("inspect", fixture_dir() / "a_nai_legacy.pt").stdout
     assert "activate_output        True (bool)  [missing: A1111 default]" in text
     assert "structure: every tensor fits the declared layout" in text
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in fixture_dir().glob("*.pt")))
+def test_every_fixture_report_is_json_and_verdicts_have_their_keys(name, run_cli):
+    result = run_cli("inspect", fixture_dir() / name, "--json")
+    assert result.code == 0, result.stderr
+    r = json.loads(result.stdout)
+    assert r["suffix_mismatch"] is None
+    assert set(r["verdicts"]["comfyui"]) == {"loads", "same_as_a1111", "reason"}
+    assert set(r["verdicts"]["a1111"]) == set(r["verdicts"]["torch_weights_only"]) == {"loads", "reason"}
+    assert r["pickle"]["opcodes"]  # the scanner's list of pickletools names, for the weights_only verdict
+
+
+def test_human_table_says_when_comfyui_differs(run_cli):
+    text = run_cli("inspect", fixture_dir() / "c_relu_ln_dropout.pt").stdout
+    assert "loads in ComfyUI               yes, but differs from A1111: ComfyUI adds a relu after the last" in text

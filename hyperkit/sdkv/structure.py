@@ -222,7 +222,7 @@ def _diagnose(hn: SDKVHypernetwork) -> tuple[Config, list[str]]:
     if hn.metadata.get("skip_connection"):
         raise UnsupportedError(
             "Hypernetwork-MonkeyPatch files with skip_connection=True (ResBlock modules) are unsupported",
-            hint="neither A1111 nor ComfyUI loads them either",
+            hint="A1111 refuses them too; ComfyUI loads them but silently drops the skip connection",
         )
     cfg = resolve_config(hn.metadata)
     found: list[str] = []
