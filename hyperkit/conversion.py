@@ -26,7 +26,7 @@ import numpy as np
 
 from hyperkit import formats
 from hyperkit.errors import BadInputError, HyperkitError, OutputPathError, UsageProblem, VerificationError
-from hyperkit.formats.arrays import bit_equal
+from hyperkit.formats.arrays import bit_equal, release
 from hyperkit.formats.dtypes import numpy_dtype
 from hyperkit.paths import atomic_output, check_input, check_output, is_folder, text_name
 from hyperkit.sdkv import structure
@@ -124,9 +124,14 @@ def cast_dtype(hn: SDKVHypernetwork, dtype: str) -> tuple[SDKVHypernetwork, floa
 
 
 def nonfinite_tensors(hn: SDKVHypernetwork) -> list[str]:
-    """Names of tensors holding NaN or Inf."""
+    """Names of tensors holding NaN or Inf (pages of memory-mapped tensors released as it goes)."""
+    bad = []
     with np.errstate(invalid="ignore"):  # signalling NaNs are what we are looking for, not a warning
-        return [name for name, arr in hn.tensors() if arr.dtype.kind in "fV" and not np.isfinite(arr).all()]
+        for name, arr in hn.tensors():
+            if arr.dtype.kind in "fV" and not np.isfinite(arr).all():
+                bad.append(name)
+            release(arr)
+    return bad
 
 
 def strict_equal(a: Any, b: Any) -> bool:
@@ -148,8 +153,6 @@ def verify(expected: SDKVHypernetwork, got: SDKVHypernetwork, where: str) -> Non
     The pages of memory-mapped tensors are released once compared, so checking a file never holds
     all of it (or of the input) in this process's memory at once.
     """
-    from hyperkit.formats.arrays import release
-
     problems = []
     want, have = dict(expected.tensors()), dict(got.tensors())
     if list(want) != list(have):
@@ -177,8 +180,6 @@ def _write_verified(hn: SDKVHypernetwork, dst: Path, fmt: formats.Format, *, for
     module = fmt.load_module()
     normalize: Callable[[SDKVHypernetwork], SDKVHypernetwork] | None = getattr(module, "normalize", None)
     expected = normalize(hn) if normalize else hn
-    from hyperkit.formats.arrays import release
-
     for _, arr in hn.tensors():  # pages of a memory-mapped input already read (e.g. to check them)
         release(arr)
     with atomic_output(dst, force=force, src=src) as tmp:

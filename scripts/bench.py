@@ -2,7 +2,12 @@
 
 Every row is measured in the same run, interleaved round by round, so machine noise hits all
 variants alike; the table shows medians and the ratios that matter. Run ``make bench`` (or
-``.venv/bin/python scripts/bench.py --rounds 7``) and paste the output into the README.
+``.venv/bin/python scripts/bench.py --rounds 7``) and paste the output into the README;
+``--quick`` (one round each) is for checking a change while working on it.
+
+Peak memory: each command's peak resident set size (``ru_maxrss``, measured under GNU ``time``
+or a small launcher so the benchmark's own memory never counts), the largest over its runs, and
+its ratio to the size of the file it converts. File-backed pages of memory-mapped input count.
 
 Rows:
 - start-up: ``hyperkit --help`` against ``python -c "import click"`` (the floor for a Click CLI);
@@ -21,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 VENV_BIN = Path(sys.executable).parent
@@ -75,23 +81,87 @@ def hk_convert(src: Path, dst: Path) -> list[str]:
     return [HYPERKIT, "convert", str(src), str(dst), "--force"]
 
 
-def timed(cmd: list[str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+@dataclass
+class Sample:
+    """One variant's measurements: wall times and peak RSS (bytes) of every run."""
+
+    seconds: list[float] = field(default_factory=list)
+    peak_rss: list[int] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def peak(self) -> int:
+        return max(self.peak_rss)
 
 
-def measure(variants: dict[str, list[str]], rounds: int, before: object = None) -> dict[str, float]:
-    """Median wall time of each command, variants interleaved within every round."""
-    samples: dict[str, list[float]] = {name: [] for name in variants}
+#: Runs a command and prints its wall time and peak RSS (KiB on Linux, bytes on macOS). A child's
+#: peak counts the memory of whatever it was forked from, so it must be a small fresh process.
+LAUNCHER = """
+import resource, subprocess, sys, time
+start = time.perf_counter()
+code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code)
+"""
+
+
+def gnu_time() -> str | None:
+    """``/usr/bin/time`` if it is GNU time (``-f``/``-o``): the smallest parent to measure under."""
+    path = "/usr/bin/time"
+    if not os.path.exists(path):
+        return None
+    probe = subprocess.run([path, "-f", "%M", "-o", os.devnull, "true"], capture_output=True)
+    return path if probe.returncode == 0 else None
+
+
+GNU_TIME = gnu_time()
+
+
+def run(cmd: list[str]) -> tuple[float, int]:
+    """Wall time of ``cmd`` in seconds and its peak RSS in bytes.
+
+    Linux counts in a child's peak the memory of the process it was forked from (until it execs),
+    so ``cmd`` never runs as a child of this script, which holds torch and the model: it runs
+    under GNU ``time`` (a few MiB) or, where there is none, under a fresh Python launcher.
+    """
+    if GNU_TIME:
+        with tempfile.NamedTemporaryFile("r", suffix=".rss") as report:
+            start = time.perf_counter()
+            subprocess.run(
+                [GNU_TIME, "-f", "%M", "-o", report.name, *cmd],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            elapsed = time.perf_counter() - start  # GNU time's own %e has only 10 ms resolution
+            return elapsed, int(report.read().split()[-1]) * 1024
+    out = subprocess.run([sys.executable, "-c", LAUNCHER, *cmd], check=True, capture_output=True, text=True)
+    seconds, peak, code = out.stdout.split()
+    if int(code) != 0:
+        raise subprocess.CalledProcessError(int(code), cmd)
+    return float(seconds), int(peak) * (1 if sys.platform == "darwin" else 1024)
+
+
+def measure(variants: dict[str, list[str]], rounds: int) -> dict[str, Sample]:
+    """Wall time and peak RSS of each command, variants interleaved within every round."""
+    samples = {name: Sample() for name in variants}
     for cmd in variants.values():  # one warm-up each (page cache, pyc files)
-        timed(cmd)
+        run(cmd)
     for _ in range(rounds):
         for name, cmd in variants.items():
-            if callable(before):
-                before()
-            samples[name].append(timed(cmd))
-    return {name: statistics.median(values) for name, values in samples.items()}
+            seconds, peak = run(cmd)
+            samples[name].seconds.append(seconds)
+            samples[name].peak_rss.append(peak)
+    return samples
+
+
+def memory(sample: Sample, input_size: int | None) -> tuple[str, str]:
+    """The peak-RSS and ratio cells of a row."""
+    peak = sample.peak
+    ratio = f"{peak / input_size:.2f}× input" if input_size else "—"
+    return f"{peak / 2**20:.0f} MiB", ratio
 
 
 def machine() -> str:
@@ -114,22 +184,26 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds per variant (median is shown)")
+    parser.add_argument("--quick", action="store_true", help="one round of everything, for development")
     args = parser.parse_args()
+    rounds, startup_rounds, more_rounds = (
+        (1, 1, 1) if args.quick else (args.rounds, args.rounds * 3, max(3, args.rounds // 2))
+    )
     py = sys.executable
-    rows: list[tuple[str, float, str]] = []
+    rows: list[tuple[str, Sample, str, int | None]] = []  # name, sample, time ratio, input size
 
     startup = measure(
         {"hyperkit --help": [HYPERKIT, "--help"], 'python -c "import click"': [py, "-c", "import click"]},
-        args.rounds * 3,
+        startup_rounds,
     )
-    base = startup['python -c "import click"']
-    rows += [(name, t, f"{t / base:.2f}× import click") for name, t in startup.items()]
+    base = startup['python -c "import click"'].median
+    rows += [(name, s, f"{s.median / base:.2f}× import click", None) for name, s in startup.items()]
 
     with tempfile.TemporaryDirectory(prefix="hyperkit-bench-") as tmp:
         work = Path(tmp)
         src = work / "sd1.pt"
         make_sd1_hypernetwork(src)
-        size_mib = src.stat().st_size / 2**20
+        size = src.stat().st_size
         out = {name: work / name for name in ("hk.safetensors", "naive.safetensors", "copy.pt", "hk.onnx", "hk.pt")}
         convert = measure(
             {
@@ -137,30 +211,33 @@ def main() -> None:
                 "naive torch.load + save_file": [py, "-c", NAIVE, str(src), str(out["naive.safetensors"])],
                 "cp (copy the file)": ["cp", str(src), str(out["copy.pt"])],
             },
-            args.rounds,
+            rounds,
         )
-        naive = convert["naive torch.load + save_file"]
-        for name, t in convert.items():
-            rows.append((name, t, f"naive is {naive / t:.2f}× this"))
+        naive = convert["naive torch.load + save_file"].median
+        for name, s in convert.items():
+            rows.append((name, s, f"naive is {naive / s.median:.2f}× this", size))
+        st_size = out["hk.safetensors"].stat().st_size
         more = measure(
             {
                 "hyperkit convert .pt → .onnx (verified)": hk_convert(src, out["hk.onnx"]),
                 "hyperkit convert .safetensors → .pt (verified)": hk_convert(out["hk.safetensors"], out["hk.pt"]),
             },
-            max(3, args.rounds // 2),
+            more_rounds,
         )
-        for name, t in more.items():
-            rows.append((name, t, f"naive is {naive / t:.2f}× this"))
+        inputs = {"hyperkit convert .safetensors → .pt (verified)": st_size}
+        for name, s in more.items():
+            rows.append((name, s, f"naive is {naive / s.median:.2f}× this", inputs.get(name, size)))
 
     print(f"Machine: {machine()}")
     print(
-        f"SD1 hypernetwork: dims 768/320/640/1280, [1, 2, 1], {size_mib:.1f} MiB fp32; medians of "
-        f"{args.rounds} interleaved rounds (start-up: {args.rounds * 3})\n"
+        f"SD1 hypernetwork: dims 768/320/640/1280, [1, 2, 1], {size / 2**20:.1f} MiB fp32; medians of "
+        f"{rounds} interleaved rounds (start-up: {startup_rounds}); peak RSS: the largest of those runs\n"
     )
-    print("| what | median | ratio |")
-    print("|---|---:|---|")
-    for name, t, ratio in rows:
-        print(f"| {name} | {t * 1000:.0f} ms | {ratio} |")
+    print("| what | median | ratio | peak RSS | peak RSS / input file |")
+    print("|---|---:|---|---:|---|")
+    for name, s, ratio, input_size in rows:
+        rss, rss_ratio = memory(s, input_size)
+        print(f"| {name} | {s.median * 1000:.0f} ms | {ratio} | {rss} | {rss_ratio} |")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from hyperkit.errors import BadInputError, CorruptFileError, LimitExceeded
-from hyperkit.formats.arrays import raw_bytes
+from hyperkit.formats.arrays import raw_bytes, release
 from hyperkit.formats.dtypes import numpy_dtype
 
 MAX_HEADER = 100_000_000
@@ -159,3 +159,4 @@ def write_safetensors(
             if arr.dtype.byteorder == ">":
                 arr = arr.astype(arr.dtype.newbyteorder("<"))
             f.write(raw_bytes(arr))
+            release(arr)  # a memory-mapped source's pages leave this process once written

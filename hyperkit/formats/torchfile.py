@@ -31,7 +31,7 @@ import numpy as np
 
 from hyperkit.errors import CorruptFileError, LimitExceeded, UnsupportedError
 from hyperkit.formats import safe_pickle
-from hyperkit.formats.arrays import raw_bytes
+from hyperkit.formats.arrays import raw_bytes, release
 from hyperkit.formats.limits import INFLATE_SLACK_BYTES, MAX_INFLATE_RATIO, MAX_PICKLE_BYTES, MIB
 from hyperkit.formats.pickle_scan import analyze
 from hyperkit.formats.pickle_writer import PickleWriter
@@ -313,6 +313,7 @@ def _write_zip(f: IO[bytes], stem: str, pkl: bytes, arrays: list[np.ndarray]) ->
         _add(zf, f, f"{stem}/data.pkl", [memoryview(pkl)])
         for n, arr in enumerate(arrays):
             _add(zf, f, f"{stem}/data/{n}", [raw_bytes(arr)], align=True)
+            release(arr)  # a memory-mapped source's pages leave this process once written
         _add(zf, f, f"{stem}/version", [memoryview(b"3\n")])
 
 
