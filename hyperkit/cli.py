@@ -266,6 +266,90 @@ def _suffixes() -> list[str]:
 
 
 @cli.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--into",
+    "base",
+    type=click.Path(path_type=Path),
+    help="SD hypernetworks: the base model to bake them into (checkpoint, diffusers UNet or ONNX UNet).",
+)
+@click.option(
+    "--strength", type=float, multiple=True, help="SD hypernetworks: strength of each, in order (default 1.0)."
+)
+@click.option(
+    "--condition",
+    help="Generators: a task id, ids separated by commas (one model each), a vector (0.1,-0.4,2) or a .npy file.",
+)
+@click.option("--lora-factors", is_flag=True, help="Generators: keep LoRA slots as factors instead of merging them.")
+@click.option(
+    "--theta", type=click.Path(path_type=Path), help="Generators: also write the generated weights as .safetensors."
+)
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The baked model to write.")
+@click.option("--tolerance", type=float, help="Parity tolerance (max abs error); past it the exit code is 1.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@click.option("--json", "as_json", is_flag=True, help="Print the parity report as JSON.")
+def bake(
+    inputs: tuple[Path, ...],
+    base: Path | None,
+    strength: tuple[float, ...],
+    condition: str | None,
+    lora_factors: bool,
+    theta: Path | None,
+    output: Path,
+    tolerance: float | None,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Bake hypernetworks into static models, with a parity report.
+
+    With --into, SD hypernetworks (.pt/.safetensors/.onnx) are folded into a base model;
+    otherwise INPUTS is one generator checkpoint and --condition picks the weights it generates.
+
+    \b
+    Examples:
+      hyperkit bake anime.pt --into unet.safetensors -o unet-anime.safetensors
+      hyperkit bake generator.safetensors --condition 2 -o task2.onnx
+    """
+    if base is not None:
+        if condition is not None or lora_factors or theta is not None:
+            raise UsageProblem("--condition, --lora-factors and --theta apply to generators, not to --into")
+        _bake_sd(inputs, base, strength, output, tolerance, force, as_json)
+    else:
+        if strength:
+            raise UsageProblem("--strength applies to SD hypernetworks baked --into a base model")
+        if len(inputs) != 1:
+            raise UsageProblem("baking a generator takes one checkpoint (SD hypernetworks need --into BASE)")
+        if condition is None:
+            raise UsageProblem("baking a generator needs --condition (SD hypernetworks need --into BASE)")
+        _bake_generator(inputs[0], condition, lora_factors, theta, output, tolerance, force, as_json)
+
+
+def _bake_sd(
+    inputs: tuple[Path, ...],
+    base: Path,
+    strength: tuple[float, ...],
+    output: Path,
+    tolerance: float | None,
+    force: bool,
+    as_json: bool,
+) -> None:
+    raise UsageProblem("baking SD hypernetworks is not available yet")
+
+
+def _bake_generator(
+    src: Path,
+    condition: str,
+    lora_factors: bool,
+    theta: Path | None,
+    output: Path,
+    tolerance: float | None,
+    force: bool,
+    as_json: bool,
+) -> None:
+    raise UsageProblem("baking generators is not available yet")
+
+
+@cli.command()
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
