@@ -168,3 +168,19 @@ def test_zip_bomb_is_refused_from_the_directory():
         zf.writestr("a/data/0", bytes(64 << 20))
     with pytest.raises(BadInputError, match=r"inflate to 67,108,990 bytes, over 32x .*zip bomb"):
         read_torch_bytes(buf.getvalue())
+
+
+def test_legacy_file_with_a_transposed_view(tmp_path):
+    """The legacy format's first pass sees storages before their data: views over them must be
+    checked without being read (reading a placeholder's memory crashed the process)."""
+    import torch
+
+    weight = torch.arange(3 * 2_000_000, dtype=torch.float32).reshape(3, 2_000_000)  # 24 MB: far past a page
+    torch.save(
+        {"w": weight.t(), "big": torch.zeros(1000).as_strided((10, 10), (10, 1))},
+        tmp_path / "t.pt",
+        _use_new_zipfile_serialization=False,
+    )
+    obj = read_torch_file(tmp_path / "t.pt").obj
+    assert np.array_equal(obj["w"], weight.t().numpy())
+    assert obj["big"].shape == (10, 10)

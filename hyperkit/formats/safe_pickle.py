@@ -122,6 +122,19 @@ def _check_view(buf_len: int, offset: int, size: tuple[int, ...], stride: tuple[
         )
 
 
+@dataclass(frozen=True)
+class StorageSpec:
+    """A storage known only by its element type and count (the legacy format's first pass, before
+    the data is located): views over it are checked but nothing is read or allocated."""
+
+    dtype: np.dtype
+    size: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+
 class _TensorBuilder:
     """Per-file stand-in for ``torch._utils._rebuild_tensor_v2`` with a budget: the tensors built
     may hold at most :data:`MAX_VIEW_EXPANSION` times the bytes of the storages they view."""
@@ -132,7 +145,9 @@ class _TensorBuilder:
         self.storages: dict[int, int] = {}  # id(storage array) -> its bytes
 
     def __call__(self, storage: Any, offset: Any, size: Any, stride: Any, *_rest: Any) -> np.ndarray:
-        if not isinstance(storage, np.ndarray) or not isinstance(size, tuple) or not isinstance(stride, tuple):
+        if not isinstance(storage, np.ndarray | StorageSpec) or not isinstance(size, tuple):
+            raise CorruptFileError("malformed tensor record in pickle")
+        if not isinstance(stride, tuple):
             raise CorruptFileError("malformed tensor record in pickle")
         _check_view(storage.size, offset, size, stride)
         self.built += 1
@@ -142,11 +157,13 @@ class _TensorBuilder:
         numel = 1
         for n in size:
             numel *= n
-        self.bytes_built += numel * storage.itemsize
+        self.bytes_built += numel * storage.dtype.itemsize
         if self.bytes_built > MAX_VIEW_EXPANSION * sum(self.storages.values()) + 4096:
             raise LimitExceeded(
                 f"tensors view their storages more than {MAX_VIEW_EXPANSION} times over; refusing to expand them"
             )
+        if isinstance(storage, StorageSpec):
+            return np.empty(0, dtype=storage.dtype)  # a placeholder: the first pass reads nothing
         if 0 in size:
             return np.zeros(size, dtype=storage.dtype)
         isz = storage.dtype.itemsize

@@ -246,9 +246,11 @@ def _read_legacy(data: bytes | mmap.mmap) -> TorchFile:
     specs: dict[str, tuple[np.dtype, int]] = {}
     locations: list[str] = []
 
-    def record(pid: Any) -> np.ndarray:
-        # First pass: learn each storage's dtype and size; zero-stride placeholders (no memory)
-        # keep the views checkable.
+    placeholders: dict[str, safe_pickle.StorageSpec] = {}
+
+    def record(pid: Any) -> safe_pickle.StorageSpec:
+        # First pass: learn each storage's dtype and size; placeholders that hold no data keep
+        # the views checkable without reading or allocating anything.
         if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"):
             raise CorruptFileError(f"unexpected persistent id {pid!r:.80}")
         _, stype, key, location, numel, view = pid
@@ -260,7 +262,7 @@ def _read_legacy(data: bytes | mmap.mmap) -> TorchFile:
             raise CorruptFileError(f"storage '{key}' claims {numel} elements, more than the file holds")
         specs.setdefault(str(key), (stype.dtype, numel))
         locations.append(str(location))
-        return np.broadcast_to(np.zeros(1, dtype=stype.dtype), (numel,))
+        return placeholders.setdefault(str(key), safe_pickle.StorageSpec(stype.dtype, numel))
 
     safe_pickle.load_pickle(main, record, main_facts)
     keys = next_pickle()
