@@ -184,3 +184,13 @@ def test_legacy_file_with_a_transposed_view(tmp_path):
     obj = read_torch_file(tmp_path / "t.pt").obj
     assert np.array_equal(obj["w"], weight.t().numpy())
     assert obj["big"].shape == (10, 10)
+
+
+def test_lightning_callback_class_is_accepted_as_a_name_only():
+    """SD 1.x .ckpt files key their callback state by the Lightning class: readable, never called."""
+    key = b"cpytorch_lightning.callbacks.model_checkpoint\nModelCheckpoint\n"
+    obj = read_torch_bytes(_zip(b"\x80\x02}X\t\x00\x00\x00callbacks}" + key + b"}ss.")).obj
+    (name,) = obj["callbacks"]
+    assert repr(name) == "<name pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint>"
+    with pytest.raises(UnsafePickleError, match="allowed only as a name; nothing was run"):
+        read_torch_bytes(_zip(b"\x80\x02" + key + b")R."))

@@ -88,6 +88,37 @@ class Call(_Frozen):
         return self.fn(*args)
 
 
+class InertGlobal(_Frozen):
+    """A global a checkpoint may *name* but never use: old Stable Diffusion ``.ckpt`` files key
+    their Lightning callback state by the callback class. It hashes and compares by name; calling
+    it refuses the file."""
+
+    __slots__ = ("qualname",)
+    qualname: str
+
+    def __init__(self, qualname: str) -> None:
+        object.__setattr__(self, "qualname", qualname)
+
+    def __call__(self, *args: Any) -> Any:
+        raise UnsafePickleError(f"pickle calls '{self.qualname}', which is allowed only as a name; nothing was run")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, InertGlobal) and other.qualname == self.qualname
+
+    def __hash__(self) -> int:
+        return hash(("InertGlobal", self.qualname))
+
+    def __repr__(self) -> str:
+        return f"<name {self.qualname}>"
+
+
+#: Globals accepted only as inert names (A1111's safety check allows the same two for SD ``.ckpt``).
+INERT_GLOBALS = (
+    ("pytorch_lightning.callbacks.model_checkpoint", "ModelCheckpoint"),
+    ("pytorch_lightning.callbacks", "model_checkpoint"),
+)
+
+
 class SafeOrderedDict(dict[Any, Any]):
     """Stand-in for ``collections.OrderedDict`` (plain dicts keep order); BUILD may only attach
     torch's ``_metadata`` map, which is dropped because nothing needs it."""
@@ -221,6 +252,7 @@ ALLOWED: dict[tuple[str, str], Any] = {
     ("numpy.core.multiarray", "scalar"): Call(numpy_scalar),
     ("numpy._core.multiarray", "scalar"): Call(numpy_scalar),
     **{("torch", name): StorageType(name) for name in STORAGE_DTYPES},
+    **{key: InertGlobal(".".join(key)) for key in INERT_GLOBALS},
 }
 REBUILD_TENSOR = ("torch._utils", "_rebuild_tensor_v2")  # per file: it carries the view budget
 
