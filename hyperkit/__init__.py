@@ -20,10 +20,27 @@ if TYPE_CHECKING:
     from hyperkit import demo
     from hyperkit.conversion import convert, load, save
     from hyperkit.folder import convert_folder
+    from hyperkit.generator.bake import bake_generator
+    from hyperkit.generator.model import Generator
+    from hyperkit.generator.spec import parse_spec
+    from hyperkit.generator.torch_modules import GeneratorModule
     from hyperkit.inspection import inspect_file
     from hyperkit.sdkv.model import SDKVHypernetwork
 
-__all__ = ["SDKVHypernetwork", "__version__", "convert", "convert_folder", "demo", "inspect_file", "load", "save"]
+__all__ = [
+    "Generator",
+    "GeneratorModule",
+    "SDKVHypernetwork",
+    "__version__",
+    "bake_generator",
+    "convert",
+    "convert_folder",
+    "demo",
+    "inspect_file",
+    "load",
+    "parse_spec",
+    "save",
+]
 
 _LAZY = {
     "convert": "hyperkit.conversion",
@@ -32,6 +49,10 @@ _LAZY = {
     "save": "hyperkit.conversion",
     "inspect_file": "hyperkit.inspection",
     "SDKVHypernetwork": "hyperkit.sdkv.model",
+    "Generator": "hyperkit.generator.model",
+    "GeneratorModule": "hyperkit.generator.torch_modules",
+    "bake_generator": "hyperkit.generator.bake",
+    "parse_spec": "hyperkit.generator.spec",
 }
 
 

@@ -333,7 +333,19 @@ def _bake_sd(
     force: bool,
     as_json: bool,
 ) -> None:
-    raise UsageProblem("baking SD hypernetworks is not available yet")
+    from hyperkit.bake.report import bake_dict, render_bake
+    from hyperkit.bake.sd import bake_sd, parity_failure
+
+    result = bake_sd(
+        list(inputs), base, output, strengths=list(strength), tolerance=tolerance, force=force, check=False
+    )
+    _echo_warnings(result.warnings)
+    if as_json:
+        _emit_json(bake_dict(result))
+    else:
+        _echo_text(render_bake(result))
+    if not result.passed:
+        raise parity_failure(result)
 
 
 def _bake_generator(
@@ -346,7 +358,162 @@ def _bake_generator(
     force: bool,
     as_json: bool,
 ) -> None:
-    raise UsageProblem("baking generators is not available yet")
+    from hyperkit.generator.bake import bake_generator, render_reports
+
+    reports = bake_generator(
+        src, condition, output, lora_factors=lora_factors, theta=theta, tolerance=tolerance, force=force
+    )
+    if as_json:
+        _emit_json([r.as_dict() for r in reports])
+    else:
+        _echo_text(render_reports(reports))
+
+
+@cli.command("run")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--input", "input_path", type=click.Path(path_type=Path), help="Input x as .npy (default: random).")
+@click.option("--batch", type=click.IntRange(1, 65536), default=1, show_default=True, help="Batch of random inputs.")
+@click.option("--cpu", is_flag=True, help="Run on the CPU even when CUDA is available.")
+@click.option("--threads", type=click.IntRange(1, 1024), help="CPU threads (default: ONNX Runtime's).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the first output as .npy.")
+@click.option("--force", is_flag=True, help="Overwrite an existing --output.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def run_command(
+    model: Path,
+    input_path: Path | None,
+    batch: int,
+    cpu: bool,
+    threads: int | None,
+    output: Path | None,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Run an ONNX model (e.g. a baked generator) on ONNX Runtime and describe its outputs.
+
+    CUDA is used when it really loads, else the CPU; the provider actually used is printed.
+
+    \b
+    Examples:
+      hyperkit run target.onnx
+      hyperkit run target.onnx --batch 8 --cpu --json
+    """
+    import numpy as np
+
+    from hyperkit.onnxrun import run_model, save_array
+    from hyperkit.paths import check_input, check_output
+
+    if output is not None:
+        check_output(output, force=force)
+    x = None
+    if input_path is not None:
+        try:
+            x = np.load(check_input(input_path), allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise UsageProblem(f"{input_path}: not a readable .npy array: {e}") from e
+    result = run_model(model, x=x, batch=batch, prefer_gpu=not cpu, threads=threads)
+    arrays = result.pop("arrays")
+    if output is not None:
+        save_array(next(iter(arrays.values())), output, force=force)
+    if as_json:
+        _emit_json(result)
+        return
+    lines = [f"{result['model']}: {result['session']}"]
+    for name, s in result["outputs"].items():
+        lines.append(
+            f"  {name} {s['shape']}: mean {s['mean']:.4g}, std {s['std']:.4g}, min {s['min']:.4g}, max {s['max']:.4g}"
+            + ("" if s["finite"] else " (NaN/Inf!)")
+        )
+    lines.append(f"  {result['seconds'] * 1e3:.2f} ms (first run, includes warm-up)")
+    _echo_text("\n".join(lines))
+
+
+@cli.command("bench")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--batch", "batches", type=click.IntRange(1, 65536), multiple=True, help="Batch size (repeatable).")
+@click.option("--runs", type=click.IntRange(1), default=50, show_default=True, help="Timed runs per batch size.")
+@click.option("--warmup", type=click.IntRange(0), default=10, show_default=True, help="Untimed runs first.")
+@click.option("--cpu", is_flag=True, help="Run on the CPU even when CUDA is available.")
+@click.option("--threads", type=click.IntRange(1, 1024), help="CPU threads (default: ONNX Runtime's).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def bench_command(
+    model: Path, batches: tuple[int, ...], runs: int, warmup: int, cpu: bool, threads: int | None, as_json: bool
+) -> None:
+    """Latency percentiles and throughput of an ONNX model per batch size, with parity.
+
+    A baked generator is also checked against the PyTorch target with the same weights.
+
+    \b
+    Examples:
+      hyperkit bench target.onnx --batch 1 --batch 64 --runs 20
+    """
+    from hyperkit.onnxrun import bench_model
+    from hyperkit.paths import check_input
+
+    result = bench_model(
+        check_input(model), batches=list(batches or (1, 64)), runs=runs, warmup=warmup, prefer_gpu=not cpu,
+        threads=threads,
+    )  # fmt: skip
+    if as_json:
+        _emit_json(result)
+        return
+    lines = [f"{result['model']}: {result['session']}", "", "| batch | p50 ms | p90 ms | p99 ms | samples/s |",
+             "|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in result["batches"]:
+        lines.append(
+            f"| {r['batch']} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | {r['p99_ms']:.3f} | {r['throughput']:.0f} |"
+        )
+    p = result["parity"]
+    lines.append("")
+    lines.append(
+        f"parity: max abs {p['max_abs']:.3g}, max rel {p['max_rel']:.3g} ({p['against']})" if p else "parity: n/a"
+    )
+    _echo_text("\n".join(lines))
+
+
+@cli.command("import-hypnettorch")
+@click.argument("state", type=click.Path(path_type=Path))
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="JSON of hypnettorch's constructor arguments: {'hnet': {'type': 'ChunkedHMLP', ...}, 'mnet': {...}}.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Generator to write (.safetensors/.pt/.onnx).",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+def import_hypnettorch(state: Path, config_path: Path, output: Path, force: bool) -> None:
+    """Import a hypnettorch HMLP/ChunkedHMLP state dict (of an MLP target) as a generator.
+
+    The state dict is read safely (nothing in it runs); hypnettorch's aliased tensors are
+    canonicalised; the output is verified like any conversion.
+
+    \b
+    Examples:
+      hyperkit import-hypnettorch hnet_state.pt --config hnet_config.json -o imported.safetensors
+    """
+    from hyperkit.conversion import save
+    from hyperkit.generator.hypnettorch import import_file
+    from hyperkit.paths import check_input, check_output
+
+    check_output(output, force=force, src=state)
+    try:
+        config = json.loads(check_input(config_path).read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise UsageProblem(f"{config_path}: not a readable JSON config: {e}") from e
+    generator = import_file(state, config)
+    save(generator, output, force=force)
+    s = generator.spec
+    _echo_text(
+        f"{sanitize(str(output))}: generator ({s.hypernet_type}, {s.condition_num} tasks, target "
+        f"{list(s.input_shape)} -> {list(s.output_shape)}, {s.total} generated values, "
+        f"{generator.parameter_count} stored), verified"
+    )
 
 
 @cli.command()
@@ -373,6 +540,252 @@ def demo(out: Path | None, force: bool) -> None:
 
     for line in run_demo(out, force=force):
         _echo_text(line)
+
+
+_GATE_STATS = ["mean", "ci_low", "ci_high"]  # literal: --help must not import the eval package
+
+
+def _gate_options(f: Any) -> Any:
+    """The report and gate options shared by ``eval`` and ``eval-merge``."""
+    options = [
+        click.option(
+            "-o",
+            "--output",
+            "outputs",
+            multiple=True,
+            type=click.Path(path_type=Path),
+            help="Report file: .csv, .parquet, .md (per-image table) or .html (report page). Repeatable.",
+        ),
+        click.option("--baseline-variant", help="Variant to pair against (default: a variant named 'base')."),
+        click.option("--fail-under", multiple=True, metavar="METRIC=VALUE", help="Exit 1 when the metric is lower."),
+        click.option(
+            "--max-drop", multiple=True, metavar="METRIC=VALUE", help="Exit 1 when a variant drops more than this."
+        ),
+        click.option(
+            "--against",
+            type=click.Path(path_type=Path),
+            help="Older report (.parquet/.csv) for --max-drop (default: the baseline variant).",
+        ),
+        click.option(
+            "--gate-on",
+            type=click.Choice(_GATE_STATS),
+            default="mean",
+            show_default=True,
+            help="Statistic the gate compares: the mean, or an end of its bootstrap 95% CI.",
+        ),
+        click.option("--per-variant", is_flag=True, help="--fail-under checks every variant, not only all rows."),
+        click.option("--bootstrap", "n_resamples", type=click.IntRange(100), default=2000, show_default=True),
+        click.option("--force", is_flag=True, help="Overwrite existing report files."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+class _Progress:
+    """A progress bar on stderr showing images/s; created once the number of images is known."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def total(self, n: int) -> None:
+        self.bar = click.progressbar(
+            length=n, label="encoding images", file=sys.stderr, item_show_func=lambda s: s
+        ).__enter__()
+
+    def step(self, n: int, rate: float) -> None:
+        if self.bar is not None:
+            self.bar.update(n, f"{rate:.1f} img/s")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+@cli.command("eval")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option(
+    "--model",
+    required=True,
+    help="open_clip model: a name (ViT-B-32), hf-hub:org/repo, local-dir:/path, or a model config .json.",
+)
+@click.option("--pretrained", help="Weights: a local file, or a tag already in the local cache. Never downloaded.")
+@_gate_options
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--workers", type=click.IntRange(0), help="Image decoding threads (default: up to 4).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Embedding cache (default ~/.cache/hyperkit/eval).")
+@click.option("--no-cache", is_flag=True, help="Neither read nor write the embedding cache.")
+@click.option("--shard", metavar="I/N", help="Score only the I-th of N slices (merge with eval-merge).")
+@click.option(
+    "--strict", is_flag=True, help="A bad row (missing/corrupt image, no prompt, duplicate) is fatal (exit 3)."
+)
+def eval_command(
+    source: Path,
+    model: str,
+    pretrained: str | None,
+    outputs: tuple[Path, ...],
+    baseline_variant: str | None,
+    fail_under: tuple[str, ...],
+    max_drop: tuple[str, ...],
+    against: Path | None,
+    gate_on: str,
+    per_variant: bool,
+    n_resamples: int,
+    force: bool,
+    device: str,
+    precision: str,
+    batch_size: int,
+    workers: int | None,
+    cache_dir: Path | None,
+    no_cache: bool,
+    shard: str | None,
+    strict: bool,
+) -> None:
+    """Score generated images with CLIP metrics; write reports; gate CI on thresholds.
+
+    SOURCE is a manifest (.csv, .jsonl, .parquet with columns image, prompt and optionally
+    variant, prompt_id, seed, strength, reference, style_prompt; paths relative to it) or a
+    folder of images whose prompts come from A1111/ComfyUI PNG text or a sidecar .txt (the
+    first-level subfolder is the variant). Per image: clip_t (raw cosine; clip_t_x100 and
+    Hessel's clip_t_hessel = 2.5*max(cos,0) derived), clip_i against reference images, and
+    against the baseline variant at the same prompt_id and seed content_keep and directional.
+    Per variant: means with bootstrap 95% CIs over prompts, diversity across seeds, CMMD, and
+    paired comparisons with the baseline. A bad row keeps its place with an error column and
+    the run goes on (exit 0 unless --strict). Weights are never downloaded: without them, exit 4.
+
+    \b
+    Examples (with the bundled tiny model; real scores: --model ViT-B-32 --pretrained FILE):
+      hyperkit eval manifest.csv --model tiny-clip.json --pretrained tiny-clip.safetensors -o old.parquet
+      hyperkit eval manifest.csv --model tiny-clip.json --pretrained tiny-clip.safetensors --fail-under clip_t=-1
+      hyperkit eval manifest.csv --model tiny-clip.json --pretrained tiny-clip.safetensors --max-drop clip_t=0.5
+    """
+    from hyperkit.eval import evaluate, parse_shard
+    from hyperkit.eval.gate import parse_thresholds
+    from hyperkit.eval.report import check_report_paths, read_report
+
+    shard_spec = parse_shard(shard) if shard else None
+    if shard_spec and not any(p.suffix.lower() == ".parquet" for p in outputs):
+        raise UsageProblem("--shard needs a .parquet output (-o part.parquet) to merge later with eval-merge")
+    floors, drops = parse_thresholds(fail_under, "--fail-under"), parse_thresholds(max_drop, "--max-drop")
+    check_report_paths(list(outputs), force=force)
+    old = read_report(against)[0] if against else None
+    progress = _Progress()
+    try:
+        result = evaluate(
+            source,
+            model,
+            pretrained,
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
+            workers=workers,
+            cache_dir=cache_dir,
+            use_cache=not no_cache,
+            baseline_variant=baseline_variant,
+            shard=shard_spec,
+            strict=strict,
+            n_resamples=n_resamples,
+            progress=progress.step,
+            on_total=progress.total,
+        )
+    finally:
+        progress.close()
+    _eval_outputs(result, outputs, force, floors, drops, old, gate_on, per_variant, n_resamples, shard_spec is not None)
+
+
+def _eval_outputs(
+    result: Any,
+    outputs: Iterable[Path],
+    force: bool,
+    floors: dict[str, float],
+    drops: dict[str, float],
+    old: Any,
+    gate_on: str,
+    per_variant: bool,
+    n_resamples: int,
+    keep_embeddings: bool,
+) -> None:
+    from hyperkit.errors import CheckFailed
+    from hyperkit.eval.gate import check
+    from hyperkit.eval.report import markdown_table, render_summary, write_report
+
+    _echo_warnings(result.warnings)
+    bad = result.bad_rows
+    if len(bad):
+        _echo_warnings([f"{result.source}: {len(bad)} row(s) could not be fully scored (see the error column)"])
+    gate = None
+    if floors or drops:
+        gate = check(
+            result,
+            fail_under=floors,
+            max_drop=drops,
+            against=old,
+            gate_on=gate_on,
+            per_variant=per_variant,
+            n_resamples=n_resamples,
+        )
+    for path in outputs:
+        write_report(result, path, force=force, keep_embeddings=keep_embeddings)
+        click.echo(f"wrote {sanitize(str(path))}", err=True)
+    _echo_text(render_summary(result))
+    if gate is not None:
+        _echo_text("\n## Gate\n\n" + markdown_table(gate))
+        failed = gate[~gate["passed"]]
+        if len(failed):
+            what = "; ".join(
+                f"{r.check} ({r.variant}: {r.gate_on} {getattr(r, r.gate_on):.4f})" for r in failed.itertuples()
+            )
+            raise CheckFailed(f"{result.source}: gate failed, {len(failed)} of {len(gate)} check(s): {what}")
+
+
+@cli.command("eval-merge")
+@click.argument("shards", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_gate_options
+def eval_merge(
+    shards: tuple[Path, ...],
+    outputs: tuple[Path, ...],
+    baseline_variant: str | None,
+    fail_under: tuple[str, ...],
+    max_drop: tuple[str, ...],
+    against: Path | None,
+    gate_on: str,
+    per_variant: bool,
+    n_resamples: int,
+    force: bool,
+) -> None:
+    """Combine the .parquet reports of `hyperkit eval --shard I/N` into one report.
+
+    Checks the shards were made with the same model and weights, then recomputes everything
+    that spans rows (content keep, directional similarity, diversity, CMMD, summaries,
+    comparisons) over the whole set; the gate options work as for `hyperkit eval`.
+
+    \b
+    Examples:
+      hyperkit eval manifest.csv --model tiny-clip.json --pretrained tiny-clip.safetensors --shard 1/2 -o 1.parquet
+      hyperkit eval manifest.csv --model tiny-clip.json --pretrained tiny-clip.safetensors --shard 2/2 -o 2.parquet
+      hyperkit eval-merge 1.parquet 2.parquet -o report.parquet -o report.md
+    """
+    from hyperkit.eval import finish
+    from hyperkit.eval.gate import parse_thresholds
+    from hyperkit.eval.report import check_report_paths, merge, read_report
+
+    floors, drops = parse_thresholds(fail_under, "--fail-under"), parse_thresholds(max_drop, "--max-drop")
+    check_report_paths(list(outputs), force=force)
+    old = read_report(against)[0] if against else None
+    frame, meta = merge(list(shards))
+    variants = list(dict.fromkeys(frame["variant"]))
+    from hyperkit.eval.run import default_baseline
+
+    baseline = default_baseline(variants, baseline_variant or meta.get("baseline"))
+    if baseline is not None and baseline not in variants:
+        raise UsageProblem(f"unknown baseline variant '{baseline}' (variants: {', '.join(map(str, variants))})")
+    result = finish(
+        frame, baseline, None, meta["provenance"], str(meta["source"]), n_resamples=n_resamples, notes=meta["notes"]
+    )
+    _eval_outputs(result, outputs, force, floors, drops, old, gate_on, per_variant, n_resamples, False)
 
 
 def main() -> None:

@@ -1,9 +1,13 @@
-"""Load, save and convert checkpoints through the one in-memory model, verifying every write.
+"""Load, save and convert checkpoints: container -> family model -> container, verifying every write.
 
-``convert`` reads the source with the registry's reader, optionally casts the tensors, writes to
-a temporary file beside the destination, reloads that file with the destination format's reader
-and compares every tensor bit-for-bit and every metadata value *and type* with what was meant to
-be written; only then is the file renamed into place.
+``convert`` reads the source with its container's reader, which asks the file which family it
+holds (:mod:`hyperkit.families`) and returns that family's in-memory model; it optionally casts
+the tensors, writes to a temporary file beside the destination, reloads that file with the
+destination container's reader and compares every tensor bit-for-bit and every non-tensor field
+(metadata values *and types*, a generator's spec text) with what was meant to be written; only
+then is the file renamed into place. Nothing here is specific to a family: a model offers
+``tensors()``, ``with_tensors()``, ``dtypes()``, ``parameter_count`` and the names of the fields
+verification compares (``VERIFIED_FIELDS``).
 
 Example:
     >>> import tempfile, pathlib
@@ -24,19 +28,22 @@ from typing import Any
 
 import numpy as np
 
-from hyperkit import formats
+from hyperkit import families, formats
 from hyperkit.errors import BadInputError, HyperkitError, OutputPathError, UsageProblem, VerificationError
 from hyperkit.formats.arrays import bit_equal, release
 from hyperkit.formats.dtypes import numpy_dtype
 from hyperkit.paths import atomic_output, check_input, check_output, is_folder, text_name
-from hyperkit.sdkv import structure
 from hyperkit.sdkv.model import SDKVHypernetwork
 
 DTYPES = ("keep", "fp32", "fp16", "bf16")
+#: What :func:`verify` compares besides the tensors when a model class names nothing (sd-kv's).
+DEFAULT_VERIFIED_FIELDS = ("metadata", "key_order", "container")
+#: Any family's in-memory model (``SDKVHypernetwork``, ``hyperkit.generator.Generator``, ...).
+Model = Any
 
 
-def load(path: str | os.PathLike[str], *, format: str | None = None, validate: bool = True) -> SDKVHypernetwork:
-    """Read a checkpoint of any registered format; by default also check its layer structure.
+def load(path: str | os.PathLike[str], *, format: str | None = None, validate: bool = True) -> Model:
+    """Read a checkpoint of any registered format and family; by default also check its structure.
 
     Example:
         >>> from hyperkit.demo import fixture_path
@@ -44,10 +51,10 @@ def load(path: str | os.PathLike[str], *, format: str | None = None, validate: b
         [8, 16]
     """
     p = check_input(path)
-    hn: SDKVHypernetwork = read_any(p, formats.get(format) if format else formats.for_path(p))
+    hn = read_any(p, formats.get(format) if format else formats.for_path(p))
     if validate:
         try:
-            structure.check(hn)
+            families.for_model(hn).load().check(hn)
         except HyperkitError as e:
             raise _located(e, p) from None
     return hn
@@ -72,8 +79,10 @@ def _located(e: HyperkitError, path: Path) -> HyperkitError:
     return e
 
 
-def save(hn: SDKVHypernetwork, path: str | os.PathLike[str], *, format: str | None = None, force: bool = False) -> None:
+def save(hn: Model, path: str | os.PathLike[str], *, format: str | None = None, force: bool = False) -> None:
     """Write atomically in the format named by ``format`` or the path's suffix, then verify.
+
+    ``hn`` is a family model, or a module offering ``to_hyperkit()`` (a ``GeneratorModule``).
 
     Example:
         >>> import tempfile, pathlib
@@ -84,6 +93,8 @@ def save(hn: SDKVHypernetwork, path: str | os.PathLike[str], *, format: str | No
         True
     """
     fmt = formats.get(format) if format else formats.for_path(path)
+    if hasattr(hn, "to_hyperkit"):  # an authoring module (hyperkit.generator.GeneratorModule)
+        hn = hn.to_hyperkit()
     _write_verified(hn, Path(path), fmt, force=force, src=None)
 
 
@@ -103,7 +114,7 @@ class ConvertResult:
     max_cast_error: float = 0.0
 
 
-def cast_dtype(hn: SDKVHypernetwork, dtype: str) -> tuple[SDKVHypernetwork, float, list[str]]:
+def cast_dtype(hn: Model, dtype: str) -> tuple[Model, float, list[str]]:
     """Cast every floating tensor to ``dtype`` (``keep`` leaves them); return max abs error too."""
     if dtype == "keep":
         return hn, 0.0, []
@@ -123,7 +134,7 @@ def cast_dtype(hn: SDKVHypernetwork, dtype: str) -> tuple[SDKVHypernetwork, floa
     return hn.with_tensors(lambda a: a.astype(target)), worst, warnings
 
 
-def nonfinite_tensors(hn: SDKVHypernetwork) -> list[str]:
+def nonfinite_tensors(hn: Model) -> list[str]:
     """Names of tensors holding NaN or Inf (pages of memory-mapped tensors released as it goes)."""
     bad = []
     with np.errstate(invalid="ignore"):  # signalling NaNs are what we are looking for, not a warning
@@ -147,7 +158,7 @@ def strict_equal(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def verify(expected: SDKVHypernetwork, got: SDKVHypernetwork, where: str) -> None:
+def verify(expected: Model, got: Model, where: str) -> None:
     """Raise :class:`VerificationError` listing every tensor or metadata difference.
 
     The pages of memory-mapped tensors are released once compared, so checking a file never holds
@@ -167,7 +178,11 @@ def verify(expected: SDKVHypernetwork, got: SDKVHypernetwork, where: str) -> Non
         release(arr)
         if name in have:
             release(have[name])
-    for attr in ("metadata", "key_order", "container"):
+    fields = getattr(expected, "VERIFIED_FIELDS", DEFAULT_VERIFIED_FIELDS)
+    if type(expected) is not type(got):
+        problems.append(f"family differs: wrote {type(expected).__name__}, read back {type(got).__name__}")
+        fields = ()
+    for attr in fields:
         if not strict_equal(getattr(expected, attr), getattr(got, attr)):
             problems.append(
                 f"{attr} differs: wrote {getattr(expected, attr)!r:.120}, read back {getattr(got, attr)!r:.120}"
@@ -176,9 +191,9 @@ def verify(expected: SDKVHypernetwork, got: SDKVHypernetwork, where: str) -> Non
         raise VerificationError(f"{where}: verification failed: " + "; ".join(problems[:5]))
 
 
-def _write_verified(hn: SDKVHypernetwork, dst: Path, fmt: formats.Format, *, force: bool, src: Path | None) -> int:
+def _write_verified(hn: Model, dst: Path, fmt: formats.Format, *, force: bool, src: Path | None) -> int:
     module = fmt.load_module()
-    normalize: Callable[[SDKVHypernetwork], SDKVHypernetwork] | None = getattr(module, "normalize", None)
+    normalize: Callable[[Model], Model] | None = getattr(module, "normalize", None)
     expected = normalize(hn) if normalize else hn
     for _, arr in hn.tensors():  # pages of a memory-mapped input already read (e.g. to check them)
         release(arr)
@@ -260,8 +275,10 @@ def convert(
     )
 
 
-def _target_notes(hn: SDKVHypernetwork, fmt: str) -> list[str]:
+def _target_notes(hn: Model, fmt: str) -> list[str]:
     """What a user should know about where the output will (not) load."""
+    if not isinstance(hn, SDKVHypernetwork):
+        return []
     if fmt == "pt" and "bfloat16" in hn.dtypes():
         return ["bf16 .pt files load only in A1111 >= 1.3 (May 2023); use --dtype fp16 for older versions"]
     if fmt == "safetensors":

@@ -33,7 +33,14 @@ def fixture_path(name: str) -> Path:
     return path
 
 
-DEMO_OUTPUTS = ("demo.safetensors", "demo.onnx", "demo.pt")
+DEMO_OUTPUTS = (
+    "demo.safetensors",
+    "demo.onnx",
+    "demo.pt",
+    "demo-unet-baked.safetensors",
+    "demo-unet-baked.onnx",
+    "demo-generator.onnx",
+)
 
 
 def prepare_out(out: Path, *, force: bool = False) -> None:
@@ -130,4 +137,30 @@ def _steps(src: Path, out: Path, *, force: bool) -> Iterator[str]:
     report = inspect_file(out / "demo.pt")
     for tool, verdict in report["verdicts"].items():
         yield f"  demo.pt {tool}: {'loads' if verdict['loads'] else 'does not load'}"
+    yield from _generator_steps(out, force=force)
+    from hyperkit.bake.demo_step import bake_demo_lines  # bake into the bundled tiny UNet (checkpoint, ONNX)
+
+    yield from bake_demo_lines(src, out, force=force)
+    from hyperkit.eval.demo import demo_lines  # the eval step: bundled images, tiny CLIP, in memory
+
+    yield from demo_lines()
     yield "done"
+
+
+GENERATOR_FIXTURE = "generator/tiny_conv.safetensors"
+
+
+def _generator_steps(out: Path, *, force: bool) -> Iterator[str]:
+    """A bundled generator baked for task 2 into ``demo-generator.onnx`` and run on ONNX Runtime."""
+    from hyperkit.generator.bake import bake_generator
+    from hyperkit.onnxrun import run_model
+
+    src = fixture_path(GENERATOR_FIXTURE)
+    (report,) = bake_generator(src, "2", out / "demo-generator.onnx", force=force)
+    yield (
+        f"  bake {src.name} --condition 2: static target ONNX, parity vs PyTorch max abs {report.max_abs:.2g} "
+        f"(tolerance {report.tolerance:g})"
+    )
+    result = run_model(out / "demo-generator.onnx", batch=4)
+    y = result["outputs"]["y"]
+    yield f"  run demo-generator.onnx ({result['provider']}): y {y['shape']}, mean {y['mean']:.3g}"

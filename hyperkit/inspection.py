@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from hyperkit import formats, identify
+from hyperkit import families, formats, identify
 from hyperkit.conversion import nonfinite_tensors, read_any
 from hyperkit.errors import CorruptFileError, HyperkitError
 from hyperkit.formats.torchfile import TorchFile
@@ -221,6 +221,10 @@ def inspect_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         from hyperkit.formats.torchfile import read_torch_file
 
         tf = read_any(p, fmt, reader=read_torch_file)
+        if families.for_pt_object(tf.obj).name != families.DEFAULT:  # another family (a generator)
+            obj = tf.obj
+            model = read_any(p, fmt, reader=lambda q: families.for_pt_object(obj).load().decode_pt(obj, str(q), q.stem))
+            return _family_report(base, model, tf)
         if not identify.is_hypernetwork_object(tf.obj):
             return _other(base, identify.describe_object(tf.obj), tf, tf.container)
         obj = tf.obj
@@ -236,8 +240,26 @@ def inspect_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         is_hn, desc = read_any(p, fmt, reader=identify.read_onnx)
         if not is_hn:
             return _other(base, desc, None, "onnx")
+        from hyperkit.generator.report import baked_report
+
+        if baked := read_any(p, fmt, reader=baked_report):
+            return {**base, **baked}
         hn = read_any(p, fmt)
+    if not isinstance(hn, SDKVHypernetwork):
+        return _family_report(base, hn, tf)
     return _hypernetwork_report(base, hn, tf, p.suffix.lower())
+
+
+def _family_report(base: dict[str, Any], model: Any, tf: TorchFile | None) -> dict[str, Any]:
+    """The report of another family's model (a generator): its own summary, no UI verdicts."""
+    from hyperkit.generator.report import generator_report
+
+    report = {**base, **generator_report(model), "nonfinite_tensors": nonfinite_tensors(model)}
+    if tf is not None:
+        report["pickle"] = _pickle_facts(tf)
+    no = _verdict(False, "a weight-generating hypernetwork, not an SD hypernetwork")
+    report["verdicts"] = {"a1111": no, "comfyui": no, "torch_weights_only": weights_only_verdict(base["format"], tf)}
+    return report
 
 
 def _other(base: dict[str, Any], desc: dict[str, Any], tf: TorchFile | None, container: str) -> dict[str, Any]:

@@ -310,6 +310,13 @@ def write(spec: Spec, path: Path) -> None:
 README_HEAD = """\
 # Hypernetwork fixtures
 
+Subfolders hold the fixtures of the other features, each made by its own deterministic script
+with a `MANIFEST.json` of checksums (`--check` verifies them; `make fixtures` rewrites all):
+`bake/` (a tiny diffusers UNet and its ONNX export, `scripts/make_bake_fixtures.py`), `eval/`
+(a tiny CLIP and 64×64 images with a manifest, `scripts/make_eval_fixtures.py`) and `generator/`
+(tiny weight-generating hypernetworks, `scripts/make_generator_fixtures.py`). The rest of this
+page is about the sd-kv `.pt` files at the top level.
+
 Tiny `.pt` files written by the real `torch.save` (torch's own zip layout, `_metadata` on the
 state-dict `OrderedDict`s, storage location tags) by `scripts/make_fixtures.py`. Do not edit them
 by hand: run `.venv/bin/python scripts/make_fixtures.py` to rewrite them (and `MANIFEST.json`,

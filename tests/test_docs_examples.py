@@ -89,11 +89,26 @@ def python_blocks() -> list[Block]:
     return [b for doc in DOCS for b in fenced_blocks(doc) if b.language == "python"]
 
 
+#: The generator examples' files (docs/generator.md, the bake/run/bench/import-hypnettorch --help).
+PREPARED_GENERATOR = {
+    "generator.safetensors": "generator/tiny_conv.safetensors",
+    "target.onnx": "generator/task2.onnx",
+    "hnet_state.pt": "generator/hypnettorch_chunked.pt",
+    "hnet_config.json": "generator/hypnettorch_chunked.json",
+}
+
+
 def prepare(folder: Path) -> Path:
     """``folder`` holding copies of the fixtures under the docs' names."""
-    for name, fixture in PREPARED.items():
+    for name, fixture in {**PREPARED, **PREPARED_GENERATOR}.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(fixture_path(fixture), folder / name)
+    # Base models for `hyperkit bake --into` (scripts/make_bake_fixtures.py): widths 8 and 16, like anime.pt.
+    shutil.copy(fixture_path("bake/unet/diffusion_pytorch_model.safetensors"), folder / "unet.safetensors")
+    shutil.copytree(fixture_path("bake/unet/config.json").parent, folder / "unet", dirs_exist_ok=True)
+    shutil.copy(fixture_path("bake/unet.onnx"), folder / "unet.onnx")
+    # `hyperkit eval` examples: manifest.csv, images/ and the tiny CLIP (scripts/make_eval_fixtures.py).
+    shutil.copytree(fixture_path("eval/manifest.csv").parent, folder, dirs_exist_ok=True)
     return folder
 
 
@@ -110,7 +125,12 @@ def environment(tmp_path: Path) -> dict[str, str]:
         (bin_dir / "hyperkit").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m hyperkit "$@"\n')
         (bin_dir / "hyperkit").chmod(0o755)
         (bin_dir / "python").symlink_to(sys.executable)
-    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # The eval examples' embedding cache goes to the test's folder, never the user's ~/.cache.
+    return {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "HYPERKIT_CACHE": str(tmp_path / "cache"),
+    }
 
 
 def test_the_docs_have_the_examples_this_test_runs():

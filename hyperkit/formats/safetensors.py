@@ -1,12 +1,13 @@
-"""``.safetensors`` reader/writer for sd-kv hypernetworks (hyperkit's layout, DESIGN §3.1).
+"""The ``.safetensors`` container for hyperkit's families (layouts in ``docs/formats.md``).
 
-Tensors are named ``"{dim}.{k|v}.{state-dict key}"`` and written in module order; every other
-field is JSON-encoded under ``hyperkit.*`` next to Stability's ``modelspec.*`` keys (see
-:mod:`hyperkit.sdkv.strmap`). No UI loads a hypernetwork from ``.safetensors``: it is the safe
-archival and exchange form; convert back to ``.pt`` to use it.
+Tensors and the string ``__metadata__`` are read and written by :mod:`safetensors_io`; what they
+mean is the family's: ``hyperkit.family`` in the metadata picks the decoder
+(:mod:`hyperkit.families`). No UI loads a hypernetwork from ``.safetensors``: for sd-kv it is the
+safe archival and exchange form; convert back to ``.pt`` to use it.
 
 Example:
     >>> import numpy as np, tempfile, os
+    >>> from hyperkit.sdkv.model import SDKVHypernetwork
     >>> hn = SDKVHypernetwork({8: ({"linear.0.weight": np.ones((16, 8), "f4")}, {})}, {"step": 1})
     >>> path = os.path.join(tempfile.mkdtemp(), "hn.safetensors")
     >>> write(hn, path, stem="hn")
@@ -17,18 +18,19 @@ Example:
 from __future__ import annotations
 
 import os
+from typing import Any
 
+from hyperkit import families
 from hyperkit.formats.safetensors_io import read_safetensors, write_safetensors
-from hyperkit.sdkv.model import SDKVHypernetwork
-from hyperkit.sdkv.strmap import from_string_map, to_string_map
 
 
-def read(path: str | os.PathLike[str]) -> SDKVHypernetwork:
-    """Read a hyperkit sd-kv ``.safetensors`` file (validated header, memory-mapped tensors)."""
+def read(path: str | os.PathLike[str]) -> Any:
+    """Read a hyperkit ``.safetensors`` file of any family (validated header, memory-mapped tensors)."""
     tensors, metadata = read_safetensors(path)
-    return from_string_map(tensors, metadata, str(path))
+    return families.for_metadata(metadata).load().decode_safetensors(tensors, metadata, str(path))
 
 
-def write(hn: SDKVHypernetwork, path: str | os.PathLike[str], *, stem: str) -> None:
-    """Write ``hn``; ``stem`` is unused (safetensors has no inner name) but keeps one signature."""
-    write_safetensors(path, hn.tensors(), to_string_map(hn))
+def write(model: Any, path: str | os.PathLike[str], *, stem: str) -> None:
+    """Write a family model; ``stem`` is unused (safetensors has no inner name) but keeps one signature."""
+    tensors, metadata = families.for_model(model).load().safetensors_parts(model)
+    write_safetensors(path, tensors, metadata)

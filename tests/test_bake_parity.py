@@ -1,0 +1,149 @@
+"""Baked models against the hypernetwork applied at run time on the original model.
+
+The reference is :func:`hyperkit.bake.diffusers_apply.apply_hypernetworks` on a diffusers
+``UNet2DConditionModel`` — A1111's semantics (K/V inputs only, by context width, chained, fp32)
+with torch modules; the baked model runs as a full UNet forward (torch for checkpoints, ONNX
+Runtime for ONNX). fp32 max abs error must be ≤ 1e-4.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("diffusers")
+
+import bakekit as bk
+
+import hyperkit
+from hyperkit.bake import bake_sd
+from hyperkit.bake.diffusers_apply import apply_hypernetworks
+from hyperkit.formats.safetensors_io import read_safetensors
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("bake")
+    unet = bk.tiny_unet()
+    bk.save_diffusers_file(unet, d / "unet.safetensors")
+    bk.save_ldm_file(unet, d / "ldm.safetensors")
+    bk.save_diffusers_folder(unet, d / "unet_folder")
+    bk.export_onnx(unet, d / "legacy.onnx", dynamo=False)
+    bk.save_hn(d / "lin.pt", (bk.CROSS, 32, 64))
+    bk.save_hn(d / "lin2.pt", (bk.CROSS,), layer_structure=[1, 1.5, 2, 1], seed=3)
+    bk.save_hn(d / "relu_ln.pt", (bk.CROSS, 32), activation="relu", layer_norm=True, seed=4)
+    return d
+
+
+def runtime_reference(paths: list[Path], strengths: list[float]) -> np.ndarray:
+    unet = bk.tiny_unet()
+    handle = apply_hypernetworks(unet, [hyperkit.load(p) for p in paths], strengths)
+    try:
+        return bk.forward(unet, bk.inputs())
+    finally:
+        handle.remove()
+
+
+CHAINS = [(["lin.pt"], [1.0]), (["lin.pt", "lin2.pt"], [0.7, 1.3])]
+
+
+@pytest.mark.parametrize("base", ["unet.safetensors", "ldm.safetensors"])
+@pytest.mark.parametrize(("hns", "strengths"), CHAINS)
+def test_fold_into_safetensors_matches_runtime(work, base, hns, strengths, tmp_path):
+    out = tmp_path / "baked.safetensors"
+    result = bake_sd([work / h for h in hns], work / base, out, strengths=strengths)
+    assert result.passed and result.method == "fold" and len(result.layers) == 8
+    baked = bk.forward(bk.load_state(bk.tiny_unet(seed=9), out), bk.inputs())
+    ref = runtime_reference([work / h for h in hns], strengths)
+    plain = bk.forward(bk.tiny_unet(), bk.inputs())
+    assert np.abs(baked - ref).max() <= TOL
+    assert np.abs(plain - ref).max() > 100 * TOL  # the hypernetwork really changes the output
+
+
+def test_baked_file_keeps_keys_shapes_dtypes_and_untouched_bytes(work, tmp_path):
+    out = tmp_path / "baked.safetensors"
+    bake_sd([work / "lin.pt"], work / "ldm.safetensors", out, strengths=[0.5])
+    before, meta_before = read_safetensors(work / "ldm.safetensors")
+    after, meta = read_safetensors(out)
+    assert list(before) == list(after)
+    changed = {k for k in before if not np.array_equal(before[k], after[k])}
+    assert changed and all(k.endswith(("to_k.weight", "to_v.weight", "to_out.0.bias")) for k in changed)
+    for k in before:
+        assert before[k].dtype == after[k].dtype and before[k].shape == after[k].shape
+    assert (
+        before["first_stage_model.decoder.conv_in.weight"].tobytes()
+        == after["first_stage_model.decoder.conv_in.weight"].tobytes()
+    )
+    record = bk.baked_record(out)[-1]
+    assert meta["format"] == meta_before["format"]
+    assert record["hypernetworks"][0]["strength"] == 0.5
+    assert record["hypernetworks"][0]["sha256"] == bk.sha256_of(work / "lin.pt")
+    assert record["hyperkit_version"] == hyperkit.__version__
+
+
+def test_diffusers_folder_in_folder_out(work, tmp_path):
+    out = tmp_path / "baked_unet"
+    bake_sd([work / "lin.pt"], work / "unet_folder", out)
+    assert (out / "config.json").read_bytes() == (work / "unet_folder" / "config.json").read_bytes()
+    from diffusers import UNet2DConditionModel
+
+    baked = bk.forward(UNet2DConditionModel.from_pretrained(out).eval(), bk.inputs())
+    assert np.abs(baked - runtime_reference([work / "lin.pt"], [1.0])).max() <= TOL
+
+
+def test_fp16_base_keeps_dtype_and_reports_the_cast(work, tmp_path):
+    import torch
+
+    unet16 = bk.tiny_unet(dtype=torch.float16)
+    bk.save_diffusers_file(unet16, tmp_path / "u16.safetensors")
+    result = bake_sd([work / "lin.pt"], tmp_path / "u16.safetensors", tmp_path / "b16.safetensors")
+    assert result.dtype == "float16" and result.passed
+    assert all(p.cast_abs > p.fold_abs for p in result.layers)  # fp16 rounding dominates float64's error
+    assert {a.dtype.name for a in read_safetensors(tmp_path / "b16.safetensors")[0].values()} == {"float16"}
+
+
+@pytest.mark.parametrize(
+    ("hns", "strengths"), [(["lin.pt", "lin2.pt"], [0.7, 1.3]), (["relu_ln.pt", "lin.pt"], [1.0, 0.5])]
+)
+def test_onnx_legacy_export_matches_runtime(work, hns, strengths, tmp_path):
+    out = tmp_path / "baked.onnx"
+    result = bake_sd([work / h for h in hns], work / "legacy.onnx", out, strengths=strengths)
+    assert result.method == ("subgraph" if "relu_ln.pt" in hns else "fold")
+    assert result.passed
+    baked = bk.run_onnx(out, bk.inputs())
+    assert np.abs(baked - runtime_reference([work / h for h in hns], strengths)).max() <= TOL
+
+
+def test_onnx_dynamo_export_with_external_data(work, tmp_path):
+    """The dynamo exporter: ``val_N`` weights, module paths in node metadata, external data."""
+    unet = bk.tiny_unet(channels=(16, 32), cross=24)
+    base = bk.export_onnx(unet, tmp_path / "dyn.onnx", dynamo=True)
+    assert (tmp_path / "dyn.onnx.data").exists()
+    lin = bk.save_hn(tmp_path / "lin24.pt", (24, 16, 32))
+    relu = bk.save_hn(tmp_path / "relu24.pt", (24, 16), activation="relu", layer_norm=True, seed=4)
+    args = bk.inputs(cross=24)
+    for hns, strengths, method in (([lin], [0.8], "fold"), ([relu, lin], [1.0, 0.5], "subgraph")):
+        out = tmp_path / f"baked-{method}.onnx"
+        result = bake_sd(hns, base, out, strengths=strengths)
+        assert result.method == method and result.passed
+        assert (tmp_path / f"baked-{method}.onnx.data").exists()
+        ref_unet = bk.tiny_unet(channels=(16, 32), cross=24)
+        handle = apply_hypernetworks(ref_unet, [hyperkit.load(p) for p in hns], strengths)
+        ref = bk.forward(ref_unet, args)
+        handle.remove()
+        assert np.abs(bk.run_onnx(out, args) - ref).max() <= TOL
+    assert bk.run_onnx(base, args).shape == ref.shape  # the base still runs: untouched
+
+
+def test_runtime_apply_hooks_only_matching_widths_and_removes_cleanly(work):
+    unet = bk.tiny_unet()
+    plain = bk.forward(unet, bk.inputs())
+    handle = apply_hypernetworks(unet, [hyperkit.load(work / "lin2.pt")])  # width 48: cross-attention only
+    assert handle.layers and all(name.endswith("attn2") for name in handle.layers)
+    assert np.abs(bk.forward(unet, bk.inputs()) - plain).max() > 1e-3
+    handle.remove()
+    assert np.array_equal(bk.forward(unet, bk.inputs()), plain)
