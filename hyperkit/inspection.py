@@ -217,8 +217,8 @@ def inspect_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     }
     tf: TorchFile | None = None
     if fmt.name == "pt":
-        from hyperkit.formats import pt
         from hyperkit.formats.torchfile import read_torch_file
+        from hyperkit.sdkv import pt_codec
 
         tf = read_any(p, fmt, reader=read_torch_file)
         if families.for_pt_object(tf.obj).name != families.DEFAULT:  # another family (a generator)
@@ -228,7 +228,7 @@ def inspect_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         if not identify.is_hypernetwork_object(tf.obj):
             return _other(base, identify.describe_object(tf.obj), tf, tf.container)
         obj = tf.obj
-        hn = read_any(p, fmt, reader=lambda q: pt.from_object(obj, str(q), q.stem))
+        hn = read_any(p, fmt, reader=lambda q: pt_codec.from_object(obj, str(q), q.stem))
     elif fmt.name == "safetensors":
         from hyperkit.formats.safetensors_io import read_safetensors
 

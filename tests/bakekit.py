@@ -163,6 +163,18 @@ def export_onnx(unet: Any, path: Path, *, dynamo: bool) -> Path:
     return path
 
 
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "bake"
+#: The bundled fixture UNet (scripts/make_bake_fixtures.py): text width 16, channels 8 and 16.
+FIXTURE_CROSS = 16
+
+
+def fixture_unet() -> Any:
+    """The UNet of ``fixtures/bake/unet/`` — the one ``unet-dynamo.onnx`` was exported from."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel.from_pretrained(FIXTURES / "unet").eval()
+
+
 def run_onnx(path: Path, args: tuple[torch.Tensor, ...]) -> np.ndarray:
     from hyperkit.runtime import make_session
 

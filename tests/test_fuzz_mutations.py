@@ -35,9 +35,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hyperkit import conversion
-from hyperkit.formats import pt
 from hyperkit.formats.safetensors_io import MAX_HEADER
 from hyperkit.formats.torchfile import write_torch_zip
+from hyperkit.sdkv import pt_codec
 
 # ---------------------------------------------------------------------------------------------
 # raw byte mutations of every seed
@@ -215,7 +215,7 @@ def arrays(draw: st.DrawFn) -> np.ndarray:
 @st.composite
 def object_mutants(draw: st.DrawFn) -> dict[Any, Any]:
     """The seed's A1111 dict with 1-4 semantic edits, for hyperkit's writer to archive validly."""
-    obj = pt.a1111_object(small_model())
+    obj = pt_codec.a1111_object(small_model())
     for _ in range(draw(st.integers(1, 4))):
         op = draw(st.sampled_from(["meta", "structural", "drop", "dim", "dim-value", "state", "odd-key"]))
         str_keys = [k for k in obj if isinstance(k, str)]

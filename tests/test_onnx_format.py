@@ -25,6 +25,7 @@ from hyperkit.errors import CorruptFileError, UnknownFormatError, UnsupportedErr
 from hyperkit.formats import onnx as onnx_format  # noqa: E402
 from hyperkit.formats import protowire  # noqa: E402
 from hyperkit.formats.arrays import bit_equal, release  # noqa: E402
+from hyperkit.sdkv import onnx_graph as sdkv_onnx_graph  # noqa: E402
 from hyperkit.sdkv.model import SDKVHypernetwork, parse_dropout_structure  # noqa: E402
 from hyperkit.sdkv.strmap import to_string_map  # noqa: E402
 from hyperkit.sdkv.structure import ACTIVATIONS  # noqa: E402
@@ -312,7 +313,7 @@ def test_non_float_weights_are_refused(tmp_path: Path) -> None:
 
 def _onnx_serialised(hn: SDKVHypernetwork, stem: str) -> bytes:
     """The model built and serialised entirely by onnx, as the writer did before it streamed."""
-    model = onnx_format._model(hn, stem)
+    model = sdkv_onnx_graph._model(hn, stem)
     weights = [numpy_helper.from_array(arr, name) for name, arr in hn.tensors()]
     strength = model.graph.initializer.pop()
     model.graph.initializer.extend([*weights, strength])

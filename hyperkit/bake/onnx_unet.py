@@ -59,6 +59,7 @@ class Graph:
 
     def __init__(self, path: Path) -> None:
         self.path, self.model = path, _load(path)
+        self.data_dir = path.parent  # where external data locations are resolved
         self.inits = {t.name: t for t in self.model.graph.initializer}
         self.consumers: dict[str, int] = {}
         for node in self.model.graph.node:
@@ -70,7 +71,7 @@ class Graph:
         from onnx import numpy_helper
 
         try:
-            return numpy_helper.to_array(self.inits[name], str(self.path.parent))
+            return numpy_helper.to_array(self.inits[name], str(self.data_dir))
         except (OSError, ValueError) as e:
             raise CorruptFileError(f"{self.path}: cannot read initializer '{name}': {e}") from e
 
@@ -273,6 +274,7 @@ def bake_onnx(
                     for entry in t.external_data:
                         if entry.key == "location":
                             entry.value = data_out.name
+                g.data_dir = data_out.parent  # the locations now name the copy beside the output
             try:
                 writer = _Writer(g, fd, data_out.name)
                 if affine:

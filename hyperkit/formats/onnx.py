@@ -299,13 +299,33 @@ def read(path: str | os.PathLike[str]) -> Any:
     return families.for_metadata(parsed.metadata).load().decode_onnx(parsed, source)
 
 
-_SDKV_NAMES = ("_model", "_signature", "_checkable", "_Graph", "SIMPLE_ACTIVATIONS", "CLIPS", "FLOAT_DTYPES")
+def make_model(graph: Any) -> Any:
+    """A ModelProto around ``graph`` with hyperkit's fixed IR version, opset and producer."""
+    from onnx import helper
+
+    from hyperkit._version import __version__
+
+    return helper.make_model(
+        graph,
+        ir_version=IR_VERSION,
+        producer_name="hyperkit",
+        producer_version=__version__,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+    )
 
 
-def __getattr__(name: str) -> Any:
-    """sd-kv graph helpers under their old names here (they moved to :mod:`hyperkit.sdkv.onnx_graph`)."""
-    if name in _SDKV_NAMES:
-        import importlib
-
-        return getattr(importlib.import_module("hyperkit.sdkv.onnx_graph"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def graph_signature(model: Any, initializers: tuple[str, ...] = ()) -> tuple[Any, ...]:
+    """What must agree between a file and the graph its metadata implies: opsets, nodes (with
+    attributes), graph inputs and outputs, and the named constant ``initializers``."""
+    graph = model.graph
+    nodes = [
+        (n.op_type, n.domain, list(n.input), list(n.output), [a.SerializeToString() for a in n.attribute])
+        for n in graph.node
+    ]
+    return (
+        sorted((o.domain, o.version) for o in model.opset_import),
+        nodes,
+        [v.SerializeToString() for v in graph.input],
+        [v.SerializeToString() for v in graph.output],
+        [t.SerializeToString() for t in graph.initializer if t.name in initializers],
+    )

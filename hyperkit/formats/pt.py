@@ -51,12 +51,3 @@ def normalize(model: Any) -> Any:
 def write(model: Any, path: str | os.PathLike[str], *, stem: str) -> None:
     """Write a ``.pt`` every consumer loads; ``stem`` names the archive's top folder."""
     write_torch_zip(path, families.for_model(model).load().pt_object(model), stem)
-
-
-def __getattr__(name: str) -> Any:
-    """sd-kv's object codec under its old names here (moved to :mod:`hyperkit.sdkv.pt_codec`)."""
-    if name in ("from_object", "a1111_object"):
-        from hyperkit.sdkv import pt_codec
-
-        return getattr(pt_codec, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

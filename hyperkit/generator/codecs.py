@@ -101,14 +101,13 @@ def safetensors_parts(gen: Generator) -> tuple[Iterable[tuple[str, np.ndarray]],
 
 def decode_onnx(onnx_file: OnnxFile, source: str) -> Generator:
     """The generator of a hyper-ONNX file, its graph checked against its spec."""
+    from hyperkit.formats.onnx import graph_signature
     from hyperkit.generator import onnx_graph
 
     if not isinstance(onnx_file.model.graph.name, str):
         raise CorruptFileError(f"{source}: graph name is not UTF-8 text")
     gen = _from_metadata(onnx_file.initializers(source), onnx_file.metadata, source)
-    if onnx_graph.signature(onnx_graph.hyper_model(gen, onnx_file.model.graph.name)) != onnx_graph.signature(
-        onnx_file.model
-    ):
+    if graph_signature(onnx_graph.hyper_model(gen, onnx_file.model.graph.name)) != graph_signature(onnx_file.model):
         raise CorruptFileError(f"{source}: graph does not match its hyperkit spec (edited?)")
     return gen
 

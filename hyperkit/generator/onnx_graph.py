@@ -20,8 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from hyperkit._version import __version__
-from hyperkit.formats.onnx import IR_VERSION, OPSET
+from hyperkit.formats.onnx import make_model
 from hyperkit.generator.model import Generator
 from hyperkit.generator.spec import Slot, Spec
 
@@ -180,7 +179,7 @@ def hyper_model(gen: Generator, stem: str) -> Any:
     target_nodes(b, spec, "x", weights)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", *spec.input_shape])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", *spec.output_shape])
-    return _wrap(helper.make_graph(b.nodes, stem or "generator", [cond, x], [y]))
+    return make_model(helper.make_graph(b.nodes, stem or "generator", [cond, x], [y]))
 
 
 def baked_model(spec: Spec, weights: dict[str, np.ndarray], stem: str, lora_factors: dict[str, Slot]) -> Any:
@@ -202,31 +201,4 @@ def baked_model(spec: Spec, weights: dict[str, np.ndarray], stem: str, lora_fact
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", *spec.input_shape])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", *spec.output_shape])
     inits = [numpy_helper.from_array(np.ascontiguousarray(arr, np.float32), name) for name, arr in weights.items()]
-    return _wrap(helper.make_graph(b.nodes, stem or "target", [x], [y], initializer=inits))
-
-
-def _wrap(graph: Any) -> Any:
-    from onnx import helper
-
-    return helper.make_model(
-        graph,
-        ir_version=IR_VERSION,
-        producer_name="hyperkit",
-        producer_version=__version__,
-        opset_imports=[helper.make_opsetid("", OPSET)],
-    )
-
-
-def signature(model: Any) -> tuple[Any, ...]:
-    """What must agree between a hyper-ONNX file and its rebuild: opsets, nodes, inputs, outputs."""
-    graph = model.graph
-    nodes = [
-        (n.op_type, n.domain, list(n.input), list(n.output), [a.SerializeToString() for a in n.attribute])
-        for n in graph.node
-    ]
-    return (
-        sorted((o.domain, o.version) for o in model.opset_import),
-        nodes,
-        [v.SerializeToString() for v in graph.input],
-        [v.SerializeToString() for v in graph.output],
-    )
+    return make_model(helper.make_graph(b.nodes, stem or "target", [x], [y], initializer=inits))

@@ -26,9 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from hyperkit._version import __version__
 from hyperkit.errors import BadInputError, CorruptFileError, StructureError, UnknownFormatError, UnsupportedError
-from hyperkit.formats.onnx import IR_VERSION, OPSET, STRENGTH, OnnxFile
+from hyperkit.formats.onnx import STRENGTH, OnnxFile, graph_signature, make_model
 from hyperkit.sdkv.model import FAMILY, KV_NAMES, SDKVHypernetwork
 from hyperkit.sdkv.strmap import PREFIX, from_string_map, to_string_map
 from hyperkit.sdkv.structure import LN_EPS, check, resolved_layout
@@ -151,31 +150,7 @@ def _model(hn: SDKVHypernetwork, name: str) -> Any:
     # An initializer that is also a graph input: optional to feed, 1.0 when not fed.
     inputs.append(helper.make_tensor_value_info(STRENGTH, TensorProto.FLOAT, []))
     strength = numpy_helper.from_array(np.array(1.0, np.float32), STRENGTH)
-    graph = helper.make_graph(g.nodes, name or "hypernetwork", inputs, outputs, initializer=[strength])
-    return helper.make_model(
-        graph,
-        ir_version=IR_VERSION,
-        producer_name="hyperkit",
-        producer_version=__version__,
-        opset_imports=[helper.make_opsetid("", OPSET)],
-    )
-
-
-def _signature(model: Any) -> tuple[Any, ...]:
-    """What must agree between a file and its rebuild: opsets, nodes, graph inputs/outputs, strength."""
-    graph = model.graph
-    nodes = [
-        (n.op_type, n.domain, list(n.input), list(n.output), [a.SerializeToString() for a in n.attribute])
-        for n in graph.node
-    ]
-    strength = [t.SerializeToString() for t in graph.initializer if t.name == STRENGTH]
-    return (
-        sorted((o.domain, o.version) for o in model.opset_import),
-        nodes,
-        [v.SerializeToString() for v in graph.input],
-        [v.SerializeToString() for v in graph.output],
-        strength,
-    )
+    return make_model(helper.make_graph(g.nodes, name or "hypernetwork", inputs, outputs, initializer=[strength]))
 
 
 def _checkable(model: Any, hn: SDKVHypernetwork) -> Any:
@@ -234,6 +209,6 @@ def decode(onnx_file: OnnxFile, source: str) -> SDKVHypernetwork:
     except StructureError as e:
         raise CorruptFileError(f"{source}: ONNX initializers disagree with the hyperkit metadata: {e}") from e
     expected = _model(hn, model.graph.name)
-    if _signature(expected) != _signature(model):
+    if graph_signature(expected, (STRENGTH,)) != graph_signature(model, (STRENGTH,)):
         raise CorruptFileError(f"{source}: graph does not match its hyperkit metadata (edited?)")
     return hn
