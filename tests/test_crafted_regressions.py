@@ -25,10 +25,9 @@ from fuzzkit import (
 
 from hyperkit import conversion
 from hyperkit.errors import BadInputError, HyperkitError
-from hyperkit.formats import pt
 from hyperkit.formats.safetensors_io import DTYPES as ST_DTYPES
 from hyperkit.formats.torchfile import write_torch_zip
-from hyperkit.sdkv import structure
+from hyperkit.sdkv import pt_codec, structure
 from hyperkit.sdkv.model import SDKVHypernetwork
 from hyperkit.sdkv.strmap import to_string_map
 
@@ -77,7 +76,7 @@ def _zip_with_cd_field(seed: bytes, member_suffix: str, off: int, size: int, val
 
 def _deep_list_pt(depth: int) -> bytes:
     """An A1111 archive whose optional_info is a list nested ``depth`` deep (pickle builds it iteratively)."""
-    obj = pt.a1111_object(_tiny())
+    obj = pt_codec.a1111_object(_tiny())
     arrays: list[np.ndarray] = []
     from hyperkit.formats.pickle_writer import PickleWriter
 
@@ -105,7 +104,7 @@ def _pickle_in_zip(pkl: bytes) -> bytes:
 
 def _pt_bytes(hn: SDKVHypernetwork) -> bytes:
     buf = io.BytesIO()
-    write_torch_zip(buf, pt.a1111_object(hn), "c")
+    write_torch_zip(buf, pt_codec.a1111_object(hn), "c")
     return buf.getvalue()
 
 

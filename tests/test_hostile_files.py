@@ -143,6 +143,11 @@ def large_metadata_string() -> bytes:
     return _with_storages(_raw_metadata_pickle(b"X" + struct.pack("<I", size) + b"a" * size))
 
 
+def memo_index_bomb() -> bytes:
+    """LONG_BINPUT 2**31 - 1: the C unpickler would size its memo table to 16 GiB (found by make fuzz)."""
+    return _torch_zip(b"\x80\x02}Nr\xff\xff\xff\x7f0.")
+
+
 def self_referencing_metadata() -> bytes:
     return _with_storages(_raw_metadata_pickle(b"]q\x63h\x63a"))
 
@@ -160,6 +165,7 @@ CASES: dict[str, Callable[[], bytes]] = {
     "lone-surrogate-metadata": lone_surrogate_metadata,
     "large-metadata-string": large_metadata_string,
     "self-referencing-metadata": self_referencing_metadata,
+    "memo-index-bomb": memo_index_bomb,
 }
 
 

@@ -93,8 +93,9 @@ def test_stack_global_names_come_from_the_strings_on_the_stack():
         (b"\x80\x02N", "exhausted before seeing STOP"),
         (b"\x80\x02N" + b"N0" * 1_000_001 + b".", "more than 1,000,000 opcodes"),
         (b"\x80\x02h\x05.", "memo key 5 was never stored"),
+        (b"\x80\x02Nr\xff\xff\xff\x7f.", "memo index 2147483647 exceeds the 1 objects built"),
     ],
-    ids=["deep-tuple", "cycle", "underflow", "truncated", "too-many-ops", "bad-memo"],
+    ids=["deep-tuple", "cycle", "underflow", "truncated", "too-many-ops", "bad-memo", "memo-index-bomb"],
 )
 def test_analysis_refuses_before_unpickling(pkl, message):
     with pytest.raises(BadInputError, match=message):

@@ -159,7 +159,13 @@ class _Machine:
             self.globals.append(f"<copyreg extension {arg}>")
             self.stack.append(self.new())
         elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
-            self.memo[len(self.memo) if name == "MEMOIZE" else int(arg)] = self.top()
+            key = len(self.memo) if name == "MEMOIZE" else int(arg)
+            if not 0 <= key <= self.count:
+                # The C unpickler sizes its memo table by the largest index: LONG_BINPUT 2**31
+                # would allocate 16 GiB. Picklers number memo entries in order, so an index
+                # beyond the objects built so far is never legitimate.
+                raise CorruptFileError(f"malformed pickle: memo index {key} exceeds the {self.count} objects built")
+            self.memo[key] = self.top()
         elif name in ("GET", "BINGET", "LONG_BINGET"):
             if int(arg) not in self.memo:
                 raise CorruptFileError(f"malformed pickle: memo key {arg} was never stored")
