@@ -1,21 +1,29 @@
-"""Benchmark `hyperkit eval` against the bare image encoder and a naive open_clip loop.
+"""Benchmark `hyperkit eval` against the bare image encoder, a naive loop and torchmetrics.
 
-Side by side in one run, rounds interleaved, medians shown, ratios against the bare encoder:
+Side by side in one run, every variant warmed up once, then timed in interleaved rounds (so load
+from other jobs hits all rows alike); the table shows medians and ratios against the bare encoder.
+Steady-state throughput: models are built and modules imported before any timing, so no row
+includes process start, imports or model loading. Rows:
 
-- **bare encoder** — ``model.encode_image`` on tensors preprocessed beforehand (the limit: no
-  decoding, no text, no metrics);
-- **hyperkit eval** — :func:`hyperkit.eval.evaluate` with the model loaded once, cache off:
-  decoding, preprocessing, image and text encoding, every metric, bootstrap CIs;
-- **naive open_clip loop** — per batch: open + preprocess each image, encode images, tokenize
-  and encode the batch's prompts, cosine (what most scripts do);
-- **torchmetrics CLIPScore** — only with ``--torchmetrics-python PY``: a Python whose
-  environment has torchmetrics and transformers < 5 (they cannot share the main venv, see
-  docs/eval.md); it runs ``scripts/bench_eval.py --torchmetrics-worker`` on the same images
-  with a randomly initialised transformers CLIP of the same size.
+- **bare encoder** — ``model.encode_image`` in batches of 32 on tensors preprocessed beforehand,
+  under ``torch.inference_mode`` (the limit: no file reading, decoding, text or metrics);
+- **hyperkit eval** — :func:`hyperkit.eval.evaluate` with the model already loaded, cache off:
+  reading the manifest, reading + hashing + decoding + preprocessing every image, image and text
+  encoding, every metric, the summary with bootstrap CIs (2000 resamples); no report is written;
+- **naive open_clip loop** — per batch: open + preprocess each image, encode the images,
+  tokenize and encode the batch's prompts, cosine (what most scripts do);
+- **torchmetrics CLIPScore** — only with ``--torchmetrics-python PY``, a Python whose
+  environment has torchmetrics and transformers < 5 (they cannot share the main venv; see
+  "Benchmark" in docs/eval.md for the venv). That interpreter runs this script with
+  ``--torchmetrics-worker`` for the whole run and times one round whenever asked, so its rounds
+  interleave with the others. A randomly initialised transformers ``CLIPModel`` of the ViT-B/32
+  size (tokenised with open_clip's tokenizer: transformers' needs vocabulary files); per batch:
+  PIL decode to uint8 tensors, ``update()`` (HF image processor, tokenize, image + text encode),
+  then ``compute()``.
 
-All on the same 64 PNGs (512×512, 16 prompts × 4 seeds) and a random-weight ViT-B-32.
+All on the same 64 PNGs (512×512, 16 prompts × 4 seeds) and a random-weight ViT-B-32, fp32.
 
-    python scripts/bench_eval.py [--rounds 3] [--images 64] [--torchmetrics-python bench-out/tm/bin/python]
+    python scripts/bench_eval.py [--rounds 3] [--images 64] [--torchmetrics-python /tmp/hk-bench-venv/bin/python]
 """
 
 from __future__ import annotations
@@ -28,7 +36,9 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -105,12 +115,15 @@ def bench_naive(clip, images: list[Path], prompts: list[str]) -> float:
     return len(images) / (time.perf_counter() - start)
 
 
-def torchmetrics_worker(folder: Path, rounds: int) -> None:
-    """Runs in the torchmetrics environment: prints one img/s figure per round as JSON."""
+def torchmetrics_worker(folder: Path) -> None:
+    """Runs in the torchmetrics environment, kept alive for the whole benchmark so its rounds
+    interleave with the others: prints ``ready``, then for every ``round`` line read on stdin
+    scores all images once and prints that round's images/s."""
     import open_clip
     import torch
     from PIL import Image
     from torchmetrics.multimodal.clip_score import CLIPScore
+    from torchvision.transforms.functional import pil_to_tensor
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     torch.manual_seed(0)
@@ -143,20 +156,81 @@ def torchmetrics_worker(folder: Path, rounds: int) -> None:
     with open(folder / "manifest.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     metric = CLIPScore(model_name_or_path=lambda: (model, Processor()))
-    speeds = []
-    for _ in range(rounds):
+    print("ready", torch.__version__, flush=True)
+    for line in sys.stdin:
+        if line.strip() != "round":
+            break
         metric.reset()
         start = time.perf_counter()
         for s in range(0, len(rows), BATCH):
             batch = rows[s : s + BATCH]
-            imgs = [
-                torch.from_numpy(np.asarray(Image.open(folder / r["image"]).convert("RGB"))).permute(2, 0, 1)
-                for r in batch
-            ]
+            imgs = [pil_to_tensor(Image.open(folder / r["image"]).convert("RGB")) for r in batch]
             metric.update(imgs, [r["prompt"] for r in batch])
         metric.compute()
-        speeds.append(len(rows) / (time.perf_counter() - start))
-    print(json.dumps(speeds))
+        print(json.dumps(len(rows) / (time.perf_counter() - start)), flush=True)
+
+
+class TorchmetricsRunner:
+    """The torchmetrics worker in its own interpreter; one :meth:`round` = one timed pass."""
+
+    def __init__(self, python: str, images: int) -> None:
+        cmd = [python, __file__, "--torchmetrics-worker", "--images", str(images)]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+        self.stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 (lives as long as the worker; close())
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=env
+        )
+        self.ready = self._line()
+
+    def _line(self) -> str:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            self.stderr.seek(0)
+            raise RuntimeError(f"torchmetrics worker exited with {self.proc.returncode}:\n{self.stderr.read()[-2000:]}")
+        return line.strip()
+
+    def round(self) -> float:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("round\n")
+        self.proc.stdin.flush()
+        return float(self._line())
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait()
+        self.stderr.close()
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    load = ""
+    if hasattr(os, "getloadavg"):
+        load = f", load average {os.getloadavg()[0]:.1f} at the end"
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), {platform.system()} {platform.release()}{load}"
+    )
+
+
+ROWS = {
+    "hyperkit": "hyperkit eval: read + hash + decode + preprocess (threads), image and text encode, all metrics, "
+    "bootstrap CIs",
+    "bare": "bare image encoder on tensors preprocessed beforehand (the limit)",
+    "naive": "naive open_clip loop: per batch open + preprocess, image encode, text encode, cosine",
+    "torchmetrics": "torchmetrics CLIPScore (transformers CLIP, same size): per batch PIL decode, update(), compute()",
+}
 
 
 def main() -> int:
@@ -169,9 +243,8 @@ def main() -> int:
     folder = OUT / f"images{args.images}"
     manifest = make_images(folder, args.images)
     if args.torchmetrics_worker:
-        torchmetrics_worker(folder, args.rounds)
+        torchmetrics_worker(folder)
         return 0
-    import torch
 
     from hyperkit.eval.model import load_clip
 
@@ -181,52 +254,40 @@ def main() -> int:
         rows = list(csv.DictReader(f))
     images = [folder / r["image"] for r in rows]
     prompts = [r["prompt"] for r in rows]
-    results: dict[str, list[float]] = {"bare": [], "hyperkit": [], "naive": []}
-    bench_hyperkit(clip, manifest, len(images))  # warm-up: first-call allocations, file cache
-    for _ in range(args.rounds):
-        results["bare"].append(bench_bare(clip, images))
-        results["hyperkit"].append(bench_hyperkit(clip, manifest, len(images)))
-        results["naive"].append(bench_naive(clip, images, prompts))
+    tm = None
     if args.torchmetrics_python:
-        p = subprocess.run(
-            [
-                args.torchmetrics_python,
-                __file__,
-                "--torchmetrics-worker",
-                "--rounds",
-                str(args.rounds),
-                "--images",
-                str(args.images),
-            ],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        )
-        if p.returncode == 0:
-            results["torchmetrics"] = json.loads(p.stdout.strip().splitlines()[-1])
-        else:
-            print(f"torchmetrics run failed:\n{p.stderr[-2000:]}", file=sys.stderr)
-    med = {k: statistics.median(v) for k, v in results.items()}
-    names = {
-        "hyperkit": "hyperkit eval (decode, preprocess, image+text, metrics, CIs)",
-        "bare": "bare image encoder on preprocessed tensors (the limit)",
-        "naive": "naive open_clip loop",
-        "torchmetrics": "torchmetrics CLIPScore (transformers CLIP, same size)",
+        try:
+            tm = TorchmetricsRunner(args.torchmetrics_python, args.images)
+        except (OSError, RuntimeError) as e:
+            print(f"torchmetrics row skipped: {e}", file=sys.stderr)
+    variants: dict[str, Callable[[], float]] = {
+        "bare": lambda: bench_bare(clip, images),
+        "hyperkit": lambda: bench_hyperkit(clip, manifest, len(images)),
+        "naive": lambda: bench_naive(clip, images, prompts),
     }
-    cpu = platform.processor() or platform.machine()
-    print(
-        f"Machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {platform.system()} {platform.release()}."
-    )
+    if tm is not None:
+        variants["torchmetrics"] = tm.round
+    results: dict[str, list[float]] = {k: [] for k in variants}
+    try:
+        for run in variants.values():  # warm-up: first-call allocations, file cache, lazy imports
+            run()
+        for _ in range(args.rounds):
+            for key, run in variants.items():
+                results[key].append(run())
+    finally:
+        if tm is not None:
+            tm.close()
+    med = {k: statistics.median(v) for k, v in results.items()}
+    print(f"Machine: {machine()}.")
     print(
         f"{len(images)} PNGs 512×512, {len(set(prompts))} prompts, batch {BATCH}, random-weight ViT-B-32, fp32 CPU; "
-        f"medians of {args.rounds} interleaved rounds.\n"
+        f"medians of {args.rounds} interleaved rounds after one warm-up round each.\n"
     )
     print("| what | images/s | × bare encoder |")
     print("|---|---:|---:|")
     for key in ("hyperkit", "bare", "naive", "torchmetrics"):
         if key in med:
-            print(f"| {names[key]} | {med[key]:.1f} | {med[key] / med['bare']:.2f}× |")
+            print(f"| {ROWS[key]} | {med[key]:.1f} | {med[key] / med['bare']:.2f}× |")
     if "torchmetrics" in med:
         print(f"\nhyperkit eval is {med['hyperkit'] / med['torchmetrics']:.2f}× torchmetrics CLIPScore.")
     return 0
