@@ -165,7 +165,8 @@ def memory(sample: Sample, input_size: int | None) -> tuple[str, str]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
+    """One line naming the machine a table was measured on (shared by every bench script)."""
+    cpu = platform.processor() or platform.machine() or "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -175,9 +176,10 @@ def machine() -> str:
         pass
     import torch
 
+    load = f", load average {os.getloadavg()[0]:.1f} at the end" if hasattr(os, "getloadavg") else ""
     return (
-        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
-        f"{platform.system()} {platform.release()}"
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), {platform.system()} {platform.release()}{load}"
     )
 
 

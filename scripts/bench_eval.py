@@ -32,7 +32,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from bench import machine  # scripts/ is on sys.path when a script runs: one machine line for every table
 
 OUT = Path(__file__).resolve().parents[1] / "bench-out" / "eval"
 BATCH = 32
@@ -202,26 +202,6 @@ class TorchmetricsRunner:
             self.proc.stdin.close()
         self.proc.wait()
         self.stderr.close()
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    load = ""
-    if hasattr(os, "getloadavg"):
-        load = f", load average {os.getloadavg()[0]:.1f} at the end"
-    return (
-        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), {platform.system()} {platform.release()}{load}"
-    )
 
 
 ROWS = {
