@@ -31,7 +31,7 @@ fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz HYPERKIT_FUZZ_SCALE=$(FUZZ_SCALE) HYPERKIT_PROPERTY_SCALE=$(FUZZ_SCALE) \
 		$(BIN)/pytest -n 2 -p no:cacheprovider tests/test_fuzz_mutations.py tests/test_malicious_pickles.py \
 		tests/test_properties.py tests/test_crafted_regressions.py tests/test_hostile_files.py \
-		tests/test_generator_spec.py tests/test_onnx_format.py
+		tests/test_generator_spec.py tests/test_onnx_format.py tests/test_bake_stream.py
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench.py

@@ -286,6 +286,12 @@ def _suffixes() -> list[str]:
 )
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The baked model to write.")
 @click.option("--tolerance", type=float, help="Parity tolerance (max abs error); past it the exit code is 1.")
+@click.option(
+    "--float64",
+    is_flag=True,
+    help="SD hypernetworks: fold fp16/bf16 bases in float64 too (slower; the float32 default stores the same "
+    "values or ones one unit in the last place away, ~0.1% of them).",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the parity report as JSON.")
 def bake(
@@ -297,6 +303,7 @@ def bake(
     theta: Path | None,
     output: Path,
     tolerance: float | None,
+    float64: bool,
     force: bool,
     as_json: bool,
 ) -> None:
@@ -313,10 +320,10 @@ def bake(
     if base is not None:
         if condition is not None or lora_factors or theta is not None:
             raise UsageProblem("--condition, --lora-factors and --theta apply to generators, not to --into")
-        _bake_sd(inputs, base, strength, output, tolerance, force, as_json)
+        _bake_sd(inputs, base, strength, output, tolerance, float64, force, as_json)
     else:
-        if strength:
-            raise UsageProblem("--strength applies to SD hypernetworks baked --into a base model")
+        if strength or float64:
+            raise UsageProblem("--strength and --float64 apply to SD hypernetworks baked --into a base model")
         if len(inputs) != 1:
             raise UsageProblem("baking a generator takes one checkpoint (SD hypernetworks need --into BASE)")
         if condition is None:
@@ -330,6 +337,7 @@ def _bake_sd(
     strength: tuple[float, ...],
     output: Path,
     tolerance: float | None,
+    float64: bool,
     force: bool,
     as_json: bool,
 ) -> None:
@@ -337,7 +345,14 @@ def _bake_sd(
     from hyperkit.bake.sd import bake_sd, parity_failure
 
     result = bake_sd(
-        list(inputs), base, output, strengths=list(strength), tolerance=tolerance, force=force, check=False
+        list(inputs),
+        base,
+        output,
+        strengths=list(strength),
+        tolerance=tolerance,
+        float64=float64,
+        force=force,
+        check=False,
     )
     _echo_warnings(result.warnings)
     if as_json:

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,13 +145,20 @@ def run(cmd: list[str]) -> tuple[float, int]:
     return float(seconds), int(peak) * (1 if sys.platform == "darwin" else 1024)
 
 
-def measure(variants: dict[str, list[str]], rounds: int) -> dict[str, Sample]:
-    """Wall time and peak RSS of each command, variants interleaved within every round."""
+def measure(
+    variants: dict[str, list[str]], rounds: int, prepare: Callable[[str], None] | None = None
+) -> dict[str, Sample]:
+    """Wall time and peak RSS of each command, variants interleaved within every round;
+    ``prepare(name)``, untimed, runs before each run of a variant (say, to delete its output)."""
     samples = {name: Sample() for name in variants}
-    for cmd in variants.values():  # one warm-up each (page cache, pyc files)
+    for name, cmd in variants.items():  # one warm-up each (page cache, pyc files)
+        if prepare:
+            prepare(name)
         run(cmd)
     for _ in range(rounds):
         for name, cmd in variants.items():
+            if prepare:
+                prepare(name)
             seconds, peak = run(cmd)
             samples[name].seconds.append(seconds)
             samples[name].peak_rss.append(peak)

@@ -194,6 +194,15 @@ def test_cli_report_and_tolerance(work, tmp_path, run_cli):
     _one_error(strict, 1, "parity failed", "tolerance")
 
 
+def test_cli_float64_flag(work, tmp_path, run_cli):
+    out = tmp_path / "o.safetensors"
+    ok = run_cli("bake", work / "lin.pt", "--into", work / "base.safetensors", "-o", out, "--float64", "--json")
+    assert ok.code == 0 and '"passed": true' in ok.stdout
+    wrong = run_cli("bake", work / "lin.pt", "--condition", "1", "-o", tmp_path / "g.onnx", "--float64")
+    _one_error(wrong, 2, "--float64", "--into")
+    assert listing(tmp_path) == ["o.safetensors"]
+
+
 def test_ckpt_base_read_safely(work, tmp_path, run_cli):
     import torch
     from safetensors.torch import load_file

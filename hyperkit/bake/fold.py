@@ -4,8 +4,9 @@ With the chain ``x ↦ A·x + c`` per context width (:func:`hyperkit.bake.hnmath
 ``to_k ← to_k·A_k`` (the key offset adds the same number to every logit of a query, which the
 softmax cancels), ``to_v ← to_v·A_v`` and ``to_out.0.bias += to_out.0.weight·to_v·c_v`` (the
 attention weights of a query sum to 1, so the value offset passes through unchanged). Products
-are formed in float64 and cast back to the base's dtype once; each layer's parity row is computed
-from the same float64 values, so the report separates the fold's error from the cast's.
+are formed in the working precision (:func:`work_dtype`: float64, or float32 for fp16/bf16 bases)
+and cast back to the base's dtype once; each layer's parity row is computed from the same values,
+so the report separates the fold's error from the cast's.
 
 Example:
     >>> import numpy as np
@@ -27,7 +28,8 @@ Example:
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,30 +63,75 @@ class FoldedLayer:
     parity: LayerParity
 
 
-class Folds:
-    """Per (width, K|V) chain maps, computed once and shared by every layer of that width."""
+@contextmanager
+def blas_threads(n: int) -> Iterator[None]:
+    """numpy's BLAS limited to ``n`` threads inside the block (process-wide: enter it once,
+    around all the threads that compute, not in each)."""
+    from threadpoolctl import threadpool_limits
 
-    def __init__(self, links: list[Link]) -> None:
-        self.links = links
+    with threadpool_limits(n, user_api="blas"):
+        yield
+
+
+def work_dtype(base_dtype: np.dtype | str, *, float64: bool = False) -> type:
+    """The precision the fold is computed in for a base stored in ``base_dtype``.
+
+    float64 for float32 bases (their own rounding is float32's, so the products need more), and
+    float32 for float16/bfloat16 bases unless ``float64`` is asked for: float32 rounds ~8000×
+    finer than float16 (2⁻²⁴ against 2⁻¹¹), so after the single cast back the result is the
+    float64 one or one unit in the last place (ulp) away — for ~0.1% of the values of an SD1
+    bake — except values that cancel to near zero, which stay within 1e-6 of the tensor's
+    largest value (tests/test_bake_precision.py). It takes about two thirds of the time of
+    the float64 products on a 2-core machine (DESIGN §7).
+
+    Example:
+        >>> work_dtype("float16").__name__, work_dtype("float32").__name__, work_dtype("float16", float64=True).__name__
+        ('float32', 'float64', 'float64')
+    """
+    name = np.dtype(base_dtype).name if not isinstance(base_dtype, str) else base_dtype
+    return np.float32 if name in ("float16", "bfloat16") and not float64 else np.float64
+
+
+class Folds:
+    """Per (width, K|V) chain maps in ``dtype`` and the runtime reference on the parity inputs,
+    each computed once and shared by every layer of that width."""
+
+    def __init__(self, links: list[Link], dtype: type = np.float64) -> None:
+        self.links, self.dtype = links, dtype
         self._cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._locks: dict[tuple[int, int], threading.Lock] = {}
+        self._runtime: dict[tuple[str, int, int, int], np.ndarray] = {}
         self._lock = threading.Lock()
+
+    def runtime(self, att: Attention, which: int, ctx: np.ndarray) -> np.ndarray:
+        """The runtime hypernetwork on ``ctx``, the K/V input of :func:`parity_inputs` for
+        ``att``: the same for every layer of its kind and widths, so computed once for them."""
+        key = (att.kind, att.width, att.query_width, which)
+        with self._lock:
+            if key not in self._runtime:
+                self._runtime[key] = reference_forward(self.links, att.width, which, ctx)
+            return self._runtime[key]
 
     def get(self, width: int, which: int) -> tuple[np.ndarray, np.ndarray]:
         """``(A, c)`` for the chain at ``width`` on the K (0) or V (1) input."""
-        with self._lock:
-            if (width, which) not in self._cache:
-                self._cache[(width, which)] = chain_affine(self.links, width, which)
-            return self._cache[(width, which)]
+        key = (width, which)
+        with self._lock:  # one lock per map: workers build different maps at the same time
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._cache:
+                self._cache[key] = chain_affine(self.links, width, which, self.dtype)
+            return self._cache[key]
 
 
 def cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """float64 → the base dtype, rounding once (bf16 through ml_dtypes)."""
+    """The working precision → the base dtype, rounding once (bf16 through ml_dtypes)."""
     return np.ascontiguousarray(values.astype(dtype))
 
 
-def attention(x: np.ndarray, k_in: np.ndarray, v_in: np.ndarray, w: dict[str, np.ndarray], heads: int) -> np.ndarray:
-    """Scaled dot-product attention of one layer in float64 on ``[tokens, width]`` inputs."""
-    q, k, v = x @ w["to_q.weight"].T, k_in @ w["to_k.weight"].T, v_in @ w["to_v.weight"].T
+def attend(q: np.ndarray, k_in: np.ndarray, v_in: np.ndarray, w: dict[str, np.ndarray], heads: int) -> np.ndarray:
+    """One attention layer once its queries ``q`` are projected, up to the output projection:
+    K/V projections and scaled dot-product attention per head, in ``q``'s dtype."""
+    k, v = np.asarray(k_in, q.dtype) @ w["to_k.weight"].T, np.asarray(v_in, q.dtype) @ w["to_v.weight"].T
     if "to_k.bias" in w:
         k = k + w["to_k.bias"]
     if "to_v.bias" in w:
@@ -93,10 +140,10 @@ def attention(x: np.ndarray, k_in: np.ndarray, v_in: np.ndarray, w: dict[str, np
     outs = []
     for h in range(heads):
         sl = slice(h * split, (h + 1) * split)
-        logits = q[:, sl] @ k[:, sl].T / np.sqrt(split)
+        logits = q[:, sl] @ k[:, sl].T * split**-0.5  # a Python float keeps q's dtype (NEP 50)
         p = np.exp(logits - logits.max(-1, keepdims=True))
         outs.append((p / p.sum(-1, keepdims=True)) @ v[:, sl])
-    return np.concatenate(outs, -1) @ w["to_out.0.weight"].T + w["to_out.0.bias"]
+    return np.concatenate(outs, -1)
 
 
 def guess_heads(channels: int, architecture: str | None) -> int:
@@ -111,9 +158,13 @@ def guess_heads(channels: int, architecture: str | None) -> int:
     return channels // 64 if channels % 64 == 0 else 1
 
 
-def parity_inputs(att: Attention, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic random hidden states and context for one layer (self-attention: the same)."""
-    rng = np.random.default_rng(seed)
+def parity_inputs(att: Attention) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic random hidden states and context for a layer (self-attention: the same).
+
+    They depend only on the layer's kind and widths, so the runtime hypernetwork's output on
+    them is computed once per width (:meth:`Folds.runtime`), not once per layer.
+    """
+    rng = np.random.default_rng([att.width, att.query_width, int(att.kind == "attn1")])
     x = rng.standard_normal((PARITY_QUERIES, att.query_width)).astype(np.float32)
     ctx = x if att.kind == "attn1" else rng.standard_normal((PARITY_CONTEXT, att.width)).astype(np.float32)
     return x, ctx
@@ -127,20 +178,33 @@ def layer_parity(
     reference: Callable[[np.ndarray, int], np.ndarray],
     transformed: Callable[[np.ndarray, int], np.ndarray] | None,
     heads: int,
-    seed: int,
+    dtype: type = np.float64,
 ) -> LayerParity:
     """Compare the baked layer with the runtime-applied one on deterministic random inputs.
 
     ``reference(ctx, which)`` is the runtime hypernetwork on a K/V input; ``transformed`` is what
-    the baked model does to that input before the projection (``None``: nothing, the fold).
+    the baked model does to that input before the projection (``None``: nothing, the fold). The
+    three passes share the queries and are computed in ``dtype`` (the fold's precision).
     """
-    x, ctx = parity_inputs(att, seed)
-    f64 = {k: np.asarray(v, np.float64) for k, v in base_w.items()}
-    ref = attention(x, reference(ctx, 0), reference(ctx, 1), f64, heads)
+    x, ctx = parity_inputs(att)
+    base: dict[str, np.ndarray] = {k: np.asarray(v, dtype) for k, v in base_w.items()}
+    q = x.astype(dtype) @ base["to_q.weight"].T  # shared by the three passes
     k_in = transformed(ctx, 0) if transformed else ctx
     v_in = transformed(ctx, 1) if transformed else ctx
-    exact = attention(x, k_in, v_in, {**f64, **exact_w}, heads)
-    stored = attention(x, k_in, v_in, {**f64, **{k: np.asarray(v, np.float64) for k, v in stored_w.items()}}, heads)
+    baked: dict[str, np.ndarray] = {k: np.asarray(v, dtype) for k, v in exact_w.items() if not k.startswith("to_out")}
+    cast: dict[str, np.ndarray] = {k: np.asarray(v, dtype) for k, v in stored_w.items() if not k.startswith("to_out")}
+    passes = [
+        attend(q, reference(ctx, 0), reference(ctx, 1), base, heads),
+        attend(q, k_in, v_in, {**base, **baked}, heads),
+        attend(q, k_in, v_in, {**base, **cast}, heads),
+    ]
+    stacked = np.concatenate(passes)
+    heads_out = stacked @ base["to_out.0.weight"].T  # one output projection for all three
+    bias = "to_out.0.bias"
+    n = len(x)
+    ref = heads_out[:n] + base[bias]
+    exact = heads_out[n : 2 * n] + np.asarray(exact_w.get(bias, base[bias]), dtype)
+    stored = heads_out[2 * n :] + np.asarray(stored_w.get(bias, base[bias]), dtype)
     max_abs = float(np.abs(stored - ref).max())
     return LayerParity(
         layer=att.prefix,
@@ -160,26 +224,24 @@ def fold_layer(
     folds: Folds,
     *,
     heads: int,
-    seed: int = 0,
 ) -> FoldedLayer:
     """The folded ``to_k``/``to_v`` weights and ``to_out.0`` bias of one layer, and its parity."""
     parts = ("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight", "to_out.0.bias")
-    base_w = {p: read(att.key(p)) for p in parts}
+    raw = {p: read(att.key(p)) for p in parts}
+    w: dict[str, np.ndarray] = {p: np.asarray(v, folds.dtype) for p, v in raw.items()}  # each projection converted once
     a_k, _ = folds.get(att.width, 0)
     a_v, c_v = folds.get(att.width, 1)
-    w_v = np.asarray(base_w["to_v.weight"], np.float64)
     exact = {
-        "to_k.weight": np.asarray(base_w["to_k.weight"], np.float64) @ a_k,
-        "to_v.weight": w_v @ a_v,
-        "to_out.0.bias": np.asarray(base_w["to_out.0.bias"], np.float64)
-        + np.asarray(base_w["to_out.0.weight"], np.float64) @ (w_v @ c_v),
+        "to_k.weight": w["to_k.weight"] @ a_k,
+        "to_v.weight": w["to_v.weight"] @ a_v,
+        "to_out.0.bias": w["to_out.0.bias"] + w["to_out.0.weight"] @ (w["to_v.weight"] @ c_v),
     }
-    stored = {p: cast(v, base_w[p].dtype) for p, v in exact.items()}
+    stored = {p: cast(v, raw[p].dtype) for p, v in exact.items()}
 
     def reference(ctx: np.ndarray, which: int) -> np.ndarray:
-        return reference_forward(links, att.width, which, ctx).astype(np.float64)
+        return folds.runtime(att, which, ctx)
 
-    parity = layer_parity(att, base_w, exact, stored, reference, None, heads, seed)
-    for arr in base_w.values():
+    parity = layer_parity(att, w, exact, stored, reference, None, heads, folds.dtype)
+    for arr in raw.values():
         release(arr)  # a memory-mapped base's pages leave this process once used
     return FoldedLayer({att.key(p): v for p, v in stored.items()}, parity)

@@ -4,9 +4,10 @@ A1111 transforms an attention layer's K and V *inputs*: ``x ← x + s·MLP(x)`` 
 chained in order, computed in float32. When every member of the MLP is a Linear (activation
 ``linear``/None, no layer norm; dropout is inactive at inference) the whole chain is one affine
 map ``x ↦ A·x + c`` with ``A = I + s·Wₙ…W₁``, which folds exactly into the projection that
-follows (DESIGN §4). :func:`chain_affine` builds ``(A, c)`` in float64; :func:`reference_forward`
-is the independent float32 forward used as the runtime reference in parity reports, written from
-A1111's semantics (not from the fold).
+follows (DESIGN §4). :func:`chain_affine` builds ``(A, c)`` in the fold's working precision
+(:func:`hyperkit.bake.fold.work_dtype`); :func:`reference_forward` is the independent float32
+forward used as the runtime reference in parity reports, written from A1111's semantics (not
+from the fold).
 
 Example:
     >>> import numpy as np
@@ -68,30 +69,39 @@ def nonaffine_reason(hn: SDKVHypernetwork) -> str | None:
     return " and ".join(reasons) or None
 
 
-def _linear(hn: SDKVHypernetwork, dim: int, which: int, layer: Layer) -> tuple[np.ndarray, np.ndarray]:
+def _linear(
+    hn: SDKVHypernetwork, dim: int, which: int, layer: Layer, dtype: type = np.float64
+) -> tuple[np.ndarray, np.ndarray]:
     state = hn.modules[dim][which]
-    return np.asarray(state[layer.weight], np.float64), np.asarray(state[layer.bias], np.float64)
+    return np.asarray(state[layer.weight], dtype), np.asarray(state[layer.bias], dtype)
 
 
-def affine_map(link: Link, dim: int, which: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(A, c)`` in float64 with ``x + s·MLP(x) = A·x + c`` for an affine module."""
-    m = np.eye(dim)
-    offset = np.zeros(dim)
+def affine_map(link: Link, dim: int, which: int, dtype: type = np.float64) -> tuple[np.ndarray, np.ndarray]:
+    """``(A, c)`` in ``dtype`` with ``x + s·MLP(x) = A·x + c`` for an affine module."""
+    m: np.ndarray | None = None  # the product so far; None is the identity, never multiplied by
+    offset: np.ndarray = np.zeros(dim, dtype)
     for layer in active_layers(link.hn, dim, which):
         if layer.kind != "linear":
             raise UnsupportedError(f"{link.name}: a {layer.kind} member is not affine; it cannot fold")
-        w, b = _linear(link.hn, dim, which, layer)
-        m, offset = w @ m, w @ offset + b
-    return np.eye(dim) + link.strength * m, link.strength * offset
+        w, b = _linear(link.hn, dim, which, layer, dtype)
+        m, offset = (w if m is None else w @ m), w @ offset + b
+    a = link.strength * (m if m is not None else np.eye(dim, dtype=dtype))
+    a[np.diag_indices(dim)] += 1.0
+    return a.astype(dtype, copy=False), (link.strength * offset).astype(dtype, copy=False)
 
 
-def chain_affine(links: list[Link], dim: int, which: int) -> tuple[np.ndarray, np.ndarray]:
-    """The composition, in order, of every link that has ``dim``: ``x ↦ A·x + c``."""
-    a, c = np.eye(dim), np.zeros(dim)
-    for link in links:
-        if dim in link.hn.modules:
-            a_i, c_i = affine_map(link, dim, which)
-            a, c = a_i @ a, a_i @ c + c_i
+def chain_affine(links: list[Link], dim: int, which: int, dtype: type = np.float64) -> tuple[np.ndarray, np.ndarray]:
+    """The composition, in order, of every link that has ``dim``: ``x ↦ A·x + c``, in ``dtype``.
+
+    The first map is taken as is: multiplying by an identity would double the work (a product
+    of two ``dim × dim`` matrices is most of the cost for a single hypernetwork).
+    """
+    maps = [affine_map(link, dim, which, dtype) for link in links if dim in link.hn.modules]
+    if not maps:
+        return np.eye(dim, dtype=dtype), np.zeros(dim, dtype)
+    a, c = maps[0]
+    for a_i, c_i in maps[1:]:
+        a, c = a_i @ a, a_i @ c + c_i
     return a, c
 
 
@@ -103,7 +113,7 @@ def _softplus(x: np.ndarray) -> np.ndarray:
     return np.logaddexp(0.0, x)
 
 
-#: torch.nn's default-argument activations, in numpy (float64 inside, for a clean reference).
+#: torch.nn's default-argument activations, in numpy (the reference casts each result to float32).
 ACTIVATIONS: dict[str, Any] = {
     "relu": lambda x: np.maximum(x, 0.0),
     "leakyrelu": lambda x: np.where(x >= 0, x, 0.01 * x),
@@ -127,32 +137,35 @@ ACTIVATIONS: dict[str, Any] = {
 
 
 def _module_forward(link: Link, dim: int, which: int, x: np.ndarray) -> np.ndarray:
+    # float32 throughout, as torch runs A1111's modules: the reference is what users get at run
+    # time, and using the weights as stored avoids converting every matrix on every call.
     state = link.hn.modules[dim][which]
-    h = x.astype(np.float64)
+    h = np.asarray(x, np.float32)
     for layer in active_layers(link.hn, dim, which):
         if layer.kind == "linear":
-            w, b = _linear(link.hn, dim, which, layer)
+            w, b = _linear(link.hn, dim, which, layer, np.float32)
             h = h @ w.T + b
         elif layer.kind == "layernorm":
             mean = h.mean(-1, keepdims=True)
             var = ((h - mean) ** 2).mean(-1, keepdims=True)
-            h = (h - mean) / np.sqrt(var + LN_EPS) * np.asarray(state[layer.weight], np.float64)
-            h = h + np.asarray(state[layer.bias], np.float64)
+            h = (h - mean) / np.sqrt(var + np.float32(LN_EPS)) * np.asarray(state[layer.weight], np.float32)
+            h = h + np.asarray(state[layer.bias], np.float32)
         elif layer.activation == "prelu":
-            slope = float(np.asarray(state[layer.weight]).reshape(-1)[0])
+            slope = np.float32(np.asarray(state[layer.weight]).reshape(-1)[0])
             h = np.where(h >= 0, h, slope * h)
         elif layer.activation in ACTIVATIONS:
             h = ACTIVATIONS[layer.activation](h)
         else:
             raise UnsupportedError(f"{link.name}: activation '{layer.activation}' has no reference implementation")
+        h = np.asarray(h, np.float32)
     return h
 
 
 def reference_forward(links: list[Link], dim: int, which: int, x: np.ndarray) -> np.ndarray:
     """A1111's runtime transform of a K (``which=0``) or V (``1``) input: every link with
-    ``dim``, in order, ``x ← x + s·MLP(x)``, float32 between links as A1111 computes it."""
+    ``dim``, in order, ``x ← x + s·MLP(x)``, in float32 as A1111 computes it."""
     out = np.asarray(x, np.float32)
     for link in links:
         if dim in link.hn.modules:
-            out = (out + link.strength * _module_forward(link, dim, which, out)).astype(np.float32)
+            out = (out + np.float32(link.strength) * _module_forward(link, dim, which, out)).astype(np.float32)
     return out

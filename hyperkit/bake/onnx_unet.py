@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from hyperkit.bake.fold import Folds, LayerParity, fold_layer, guess_heads, layer_parity
+from hyperkit.bake.fold import Folds, LayerParity, fold_layer, guess_heads, layer_parity, work_dtype
 from hyperkit.bake.hnmath import Link, nonaffine_reason, reference_forward
 from hyperkit.bake.onnx_graph import Builder, OnnxAttention, chain_model, chain_nodes, find_projections
 from hyperkit.bake.sd import BakeResult, _record, baked_metadata, check_match, default_tolerance
@@ -131,9 +131,15 @@ class _Writer:
 
 
 def _fold(
-    g: Graph, targets: list[Attention], parts: dict[str, OnnxAttention], links: list[Link], w: _Writer, arch: str | None
+    g: Graph,
+    targets: list[Attention],
+    parts: dict[str, OnnxAttention],
+    links: list[Link],
+    w: _Writer,
+    arch: str | None,
+    dtype: type,
 ) -> list[LayerParity]:
-    folds, parity = Folds(links), []
+    folds, parity = Folds(links, dtype), []
     names = {"to_q.weight": "to_q", "to_k.weight": "to_k", "to_v.weight": "to_v", "to_out.0.weight": "to_out.0"}
     for i, att in enumerate(targets):
         layer = parts[att.prefix]
@@ -144,7 +150,7 @@ def _fold(
                 return g.array(layer.parts["to_out.0.bias"].weight)
             return g.array(layer.parts[names[suffix]].weight).T
 
-        folded = fold_layer(att, read, links, folds, heads=guess_heads(att.channels, arch), seed=i)
+        folded = fold_layer(att, read, links, folds, heads=guess_heads(att.channels, arch))
         for suffix, part in (("to_k.weight", "to_k"), ("to_v.weight", "to_v"), ("to_out.0.bias", "to_out.0.bias")):
             proj = layer.parts[part]
             value = folded.tensors[att.key(suffix)]
@@ -213,7 +219,7 @@ def _subgraph_parity(
                 sessions[(width, which)] = make_session(path, prefer_gpu=False)[0]
 
         parity = []
-        for i, att in enumerate(targets):
+        for att in targets:
             layer = parts[att.prefix]
             base_w = {
                 "to_q.weight": g.array(layer.parts["to_q"].weight).T,
@@ -231,12 +237,19 @@ def _subgraph_parity(
                 out = sessions[(att.width, which)].run(None, {"x": ctx.astype(dtype)})[0]
                 return np.asarray(out, np.float64)
 
-            parity.append(layer_parity(att, base_w, {}, {}, reference, transformed, guess_heads(att.channels, arch), i))
+            parity.append(layer_parity(att, base_w, {}, {}, reference, transformed, guess_heads(att.channels, arch)))
     return parity
 
 
 def bake_onnx(
-    inputs: list[Path], links: list[Link], base_path: Path, output: Path, *, tolerance: float | None, force: bool
+    inputs: list[Path],
+    links: list[Link],
+    base_path: Path,
+    output: Path,
+    *,
+    tolerance: float | None,
+    float64: bool = False,
+    force: bool,
 ) -> BakeResult:
     """Bake into the ONNX UNet ``base_path``; write ``output`` (+ ``output.data`` when external)."""
     require("onnx", "onnx")
@@ -278,7 +291,8 @@ def bake_onnx(
             try:
                 writer = _Writer(g, fd, data_out.name)
                 if affine:
-                    parity = _fold(g, targets, parts, links, writer, base.architecture)
+                    work = work_dtype(dtype, float64=float64)
+                    parity = _fold(g, targets, parts, links, writer, base.architecture, work)
                 else:
                     parity = _insert(g, targets, parts, links, base.architecture)
                 if fd is not None:

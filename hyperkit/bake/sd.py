@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from hyperkit._version import __version__
-from hyperkit.bake.fold import FoldedLayer, Folds, LayerParity, fold_layer, guess_heads
+from hyperkit.bake.fold import FoldedLayer, Folds, LayerParity, blas_threads, fold_layer, guess_heads, work_dtype
 from hyperkit.bake.hnmath import Link, nonaffine_reason
 from hyperkit.bake.sd_base import Attention, Base, family, open_base
 from hyperkit.errors import (
@@ -44,8 +44,8 @@ from hyperkit.paths import atomic_output, check_output, is_folder, sha256_file
 CHANGED = ("to_k.weight", "to_v.weight", "to_out.0.bias")
 #: Default parity tolerance (max abs error) by the base's weight dtype: the cast dominates.
 TOLERANCES = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
-#: Layers folded ahead of the writer: enough to overlap the matmuls with the copy, bounded memory.
-LOOKAHEAD = 3
+#: Fold worker threads (each runs numpy's BLAS on one thread, see :class:`_Folder`).
+WORKERS = 2
 
 
 def default_tolerance(dtype: str) -> float:
@@ -174,40 +174,45 @@ def atomic_folder(dst: Path, *, force: bool, src: Path) -> Iterator[Path]:
 
 
 class _Folder:
-    """Folded tensors on demand, computed on a worker thread a few layers ahead of the writer."""
+    """Folded tensors computed on worker threads, every layer queued at once in file order.
 
-    def __init__(self, base: Base, targets: list[Attention], links: list[Link]) -> None:
-        self.base, self.links, self.folds = base, links, Folds(links)
+    Run it under ``blas_threads(1)``: two workers with one BLAS thread each keep both cores
+    busy through the parts numpy runs on one thread (dtype conversions, the parity pass), where
+    one worker with a two-thread BLAS left a core idle; the kernel copies meanwhile.
+    """
+
+    def __init__(self, base: Base, targets: list[Attention], links: list[Link], dtype: type) -> None:
+        self.base, self.links, self.folds = base, links, Folds(links, dtype)
         key = (lambda a: min(base.infos[a.key(p)].begin for p in CHANGED)) if base.infos else None
         self.order = sorted(targets, key=key) if key else list(targets)
         self.owner = {att.key(p): i for i, att in enumerate(self.order) for p in CHANGED}
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="hyperkit-fold")
+        self.pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="hyperkit-fold")
         self.futures: dict[int, Future[FoldedLayer]] = {}
-        self.parity: dict[int, LayerParity] = {}
+        for i, att in enumerate(self.order):
+            heads = guess_heads(att.channels, base.architecture)
+            self.futures[i] = self.pool.submit(self._fold, att, heads)
 
-    def _submit_upto(self, i: int) -> None:
-        for j in range(len(self.futures), min(i + 1, len(self.order))):
-            att = self.order[j]
-            heads = guess_heads(att.channels, self.base.architecture)
-            self.futures[j] = self.pool.submit(
-                fold_layer, att, self.base.array, self.links, self.folds, heads=heads, seed=j
-            )
+    def _fold(self, att: Attention, heads: int) -> FoldedLayer:
+        return fold_layer(att, self.base.array, self.links, self.folds, heads=heads)
 
-    def tensor(self, name: str) -> np.ndarray | None:
-        i = self.owner.get(name)
-        if i is None:
-            return None
-        self._submit_upto(i + LOOKAHEAD)
-        folded = self.futures[i].result()
-        self.parity[i] = folded.parity
-        return folded.tensors.pop(name)  # written once: drop it as soon as it is handed out
+    @property
+    def names(self) -> list[str]:
+        """Every tensor the fold replaces."""
+        return list(self.owner)
+
+    def ready(self, name: str) -> bool:
+        """Whether the layer of ``name`` is folded."""
+        return self.futures[self.owner[name]].done()
+
+    def value(self, name: str) -> np.ndarray:
+        """The folded tensor ``name``, waiting for it; handed out once (then dropped here)."""
+        return self.futures[self.owner[name]].result().tensors.pop(name)
 
     def finish(self) -> list[LayerParity]:
-        self._submit_upto(len(self.order))
-        for i, fut in self.futures.items():
-            self.parity[i] = fut.result().parity
+        """Every layer's parity row, in file order."""
+        parity = [self.futures[i].result().parity for i in range(len(self.order))]
         self.pool.shutdown()
-        return [self.parity[i] for i in sorted(self.parity)]
+        return parity
 
 
 def _verify(out: Path, base: Base, written: dict[str, np.ndarray]) -> None:
@@ -226,27 +231,38 @@ def _verify(out: Path, base: Base, written: dict[str, np.ndarray]) -> None:
 
 
 def bake_checkpoint(
-    base: Base, targets: list[Attention], links: list[Link], out: Path, meta: dict[str, str]
+    base: Base, targets: list[Attention], links: list[Link], out: Path, meta: dict[str, str], dtype: type
 ) -> list[LayerParity]:
-    """Fold into a safetensors/diffusers/ckpt base and write ``out`` (.safetensors)."""
+    """Fold into a safetensors/diffusers/ckpt base in ``dtype`` (the working precision) and
+    write ``out`` (.safetensors)."""
+    with blas_threads(1):  # see _Folder
+        return _bake_checkpoint(base, targets, links, out, meta, dtype)
+
+
+def _bake_checkpoint(
+    base: Base, targets: list[Attention], links: list[Link], out: Path, meta: dict[str, str], dtype: type
+) -> list[LayerParity]:
     from hyperkit.bake.stream import write_streaming
     from hyperkit.formats.safetensors_io import write_safetensors
 
-    folder = _Folder(base, targets, links)
+    folder = _Folder(base, targets, links, dtype)
     kept: dict[str, np.ndarray] = {}
     sample = {att.key("to_k.weight") for att in targets[:4]}  # re-read a few after writing
 
-    def replacement(name: str) -> np.ndarray | None:
-        arr = folder.tensor(name)
-        if arr is not None and name in sample:
+    def value(name: str) -> np.ndarray:
+        arr = folder.value(name)
+        if name in sample:
             kept[name] = arr
         return arr
 
+    def take(name: str, wait: bool) -> np.ndarray | None:
+        return value(name) if wait or folder.ready(name) else None
+
     try:
         if base.infos:
-            write_streaming(base.weights, out, base.infos, replacement, meta)
+            write_streaming(base.weights, out, base.infos, take, folder.names, meta)
         else:
-            items = [(n, (r if (r := replacement(n)) is not None else a)) for n, a in base.arrays.items()]
+            items = [(n, value(n) if n in folder.owner else a) for n, a in base.arrays.items()]
             write_safetensors(out, items, meta)
         parity = folder.finish()
     finally:
@@ -262,11 +278,13 @@ def bake_sd(
     *,
     strengths: list[float] | None = None,
     tolerance: float | None = None,
+    float64: bool = False,
     force: bool = False,
     check: bool = True,
 ) -> BakeResult:
     """Bake SD hypernetworks into ``base_path``; with ``check``, raise :class:`CheckFailed` past
-    the tolerance (:func:`parity_failure` gives that error for a result)."""
+    the tolerance (:func:`parity_failure` gives that error for a result). The fold runs in
+    float32 for fp16/bf16 bases unless ``float64`` (:func:`hyperkit.bake.fold.work_dtype`)."""
     started = time.perf_counter()
     for p in inputs:
         if output.resolve() == p.resolve():
@@ -275,9 +293,9 @@ def bake_sd(
     if base_path.suffix.lower() == ".onnx" and not is_folder(base_path):
         from hyperkit.bake.onnx_unet import bake_onnx
 
-        result = bake_onnx(inputs, links, base_path, output, tolerance=tolerance, force=force)
+        result = bake_onnx(inputs, links, base_path, output, tolerance=tolerance, float64=float64, force=force)
     else:
-        result = _bake_weights(inputs, links, base_path, output, tolerance=tolerance, force=force)
+        result = _bake_weights(inputs, links, base_path, output, tolerance=tolerance, float64=float64, force=force)
     result.seconds = time.perf_counter() - started
     if check and not result.passed:
         raise parity_failure(result)
@@ -294,7 +312,14 @@ def parity_failure(result: BakeResult) -> CheckFailed:
 
 
 def _bake_weights(
-    inputs: list[Path], links: list[Link], base_path: Path, output: Path, *, tolerance: float | None, force: bool
+    inputs: list[Path],
+    links: list[Link],
+    base_path: Path,
+    output: Path,
+    *,
+    tolerance: float | None,
+    float64: bool,
+    force: bool,
 ) -> BakeResult:
     base = open_base(base_path)
     targets = check_match(base, links, inputs)
@@ -307,6 +332,7 @@ def _bake_weights(
                 "in front of the K/V projections there",
             )
     dtype = base.dtype(targets[0].key("to_k.weight")).name
+    work = work_dtype(dtype, float64=float64)
     meta = baked_metadata(base.metadata, _record(links, inputs, "fold", len(targets)))
     warnings = [f"{base_path}: dropped non-tensor entries {', '.join(base.dropped[:5])}"] if base.dropped else []
     if base.container == "diffusers-folder":
@@ -314,13 +340,13 @@ def _bake_weights(
             for item in base.weights.parent.iterdir():
                 if item.name != base.weights.name and item.is_file() and not item.name.startswith("."):
                     shutil.copy2(item, tmp / item.name)
-            parity = bake_checkpoint(base, targets, links, tmp / base.weights.name, meta)
+            parity = bake_checkpoint(base, targets, links, tmp / base.weights.name, meta, work)
     else:
         if output.suffix.lower() not in (".safetensors", ".sft"):
             raise UsageProblem(f"{output}: a baked checkpoint is written as .safetensors; name the output so")
         check_output(output, force=force, src=base_path)
         with atomic_output(output, force=force, src=base_path) as tmp:
-            parity = bake_checkpoint(base, targets, links, tmp, meta)
+            parity = bake_checkpoint(base, targets, links, tmp, meta, work)
     with suppress(Exception):
         base.close()
     return BakeResult(

@@ -2,10 +2,10 @@
 
 The output keeps the base's tensor names, dtypes, shapes and byte layout; only ``__metadata__``
 and the folded tensors differ. Runs of untouched tensors go from file to file with
-``os.copy_file_range`` (``sendfile``, then plain reads as fallbacks), so their bytes never enter
-this process; the folded tensors of each layer are computed on a worker thread, in file order,
-while the copy of what lies before them runs. Memory use is a few layers' weights, whatever the
-checkpoint's size.
+``os.copy_file_range`` (plain reads and writes as the fallback), so their bytes never enter this
+process. The copy runs first and never waits: the folded tensors, computed meanwhile on worker
+threads, are written at their offsets whenever they are ready. Memory use is the folded tensors
+not yet written (at most the K/V weights, a small part of a checkpoint), whatever its size.
 
 Example:
     >>> import numpy as np, tempfile, pathlib
@@ -13,7 +13,8 @@ Example:
     >>> d = pathlib.Path(tempfile.mkdtemp())
     >>> write_safetensors(d / "a.safetensors", [("x", np.arange(4, dtype="f4")), ("y", np.ones(2, "f2"))], {})
     >>> infos = header_spans(d / "a.safetensors")
-    >>> write_streaming(d / "a.safetensors", d / "b.safetensors", infos, {"y": np.zeros(2, "f2")}.get, {"m": "1"})
+    >>> new = {"y": np.zeros(2, "f2")}
+    >>> write_streaming(d / "a.safetensors", d / "b.safetensors", infos, lambda n, wait: new[n], ["y"], {"m": "1"})
     >>> t, meta = read_safetensors(d / "b.safetensors"); t["x"].tolist(), t["y"].tolist(), meta
     ([0.0, 1.0, 2.0, 3.0], [0.0, 0.0], {'m': '1'})
 """
@@ -25,6 +26,7 @@ import json
 import os
 import struct
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,9 @@ from hyperkit.formats.safetensors_io import MAX_HEADER, NAMES, parse_header
 
 #: Bytes per read/write when the kernel cannot copy between the two files itself.
 CHUNK = 1 << 24
+#: Bytes copied between looks at the replacements computed meanwhile; each chunk is handed to
+#: the kernel's writeback as soon as it is copied.
+WRITEBACK = 1 << 26
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.ETXTBSY}
 
 
@@ -59,14 +64,15 @@ def header_spans(path: str | os.PathLike[str]) -> dict[str, TensorInfo]:
     }
 
 
-def copy_range(src: int, dst: int, offset: int, count: int) -> None:
-    """Append ``count`` bytes of ``src`` from ``offset`` at ``dst``'s position, in the kernel if it can."""
+def copy_range(src: int, dst: int, offset: int, count: int, dst_offset: int | None = None) -> None:
+    """Copy ``count`` bytes of ``src`` from ``offset`` to ``dst`` — at ``dst_offset``, or appended
+    at its position when that is None — in the kernel when it can."""
     end = offset + count
     kernel = hasattr(os, "copy_file_range")
     while offset < end:
         if kernel:
             try:
-                n = os.copy_file_range(src, dst, end - offset, offset)
+                n = os.copy_file_range(src, dst, end - offset, offset, dst_offset)
             except OSError as e:
                 if e.errno not in _NO_KERNEL_COPY:
                     raise
@@ -74,17 +80,23 @@ def copy_range(src: int, dst: int, offset: int, count: int) -> None:
                 continue
         else:
             data = os.pread(src, min(CHUNK, end - offset), offset)
-            n = os.write(dst, data) if data else 0
+            if not data:
+                n = 0
+            elif dst_offset is None:
+                n = os.write(dst, data)
+            else:
+                n = os.pwrite(dst, data, dst_offset)
         if n == 0:
             raise CorruptFileError(f"source ended {end - offset} bytes early while copying (was it truncated?)")
         offset += n
+        dst_offset = None if dst_offset is None else dst_offset + n
 
 
-def _write_all(fd: int, data: memoryview | bytes) -> None:
+def _pwrite_all(fd: int, data: memoryview | bytes, offset: int) -> None:
     view = memoryview(data).cast("B")
     while view:
-        n = os.write(fd, view)
-        view = view[n:]
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 def _header(infos: dict[str, TensorInfo], metadata: dict[str, str]) -> bytes:
@@ -103,35 +115,87 @@ def _header(infos: dict[str, TensorInfo], metadata: dict[str, str]) -> bytes:
     return struct.pack("<Q", len(blob)) + blob
 
 
+def _writeback(fd: int, offset: int, count: int) -> None:
+    """Start the disk writes of a finished range now rather than at the final fsync.
+
+    ``POSIX_FADV_DONTNEED`` on dirty pages makes Linux begin writing them back (and drop them once
+    clean, so a multi-GB output does not push other files out of the page cache); the fsync
+    that makes the output durable then waits for the tail only, and the disk works during the
+    copy instead of after it. Advice only: where it is missing the fsync does it all.
+    """
+    if hasattr(os, "posix_fadvise"):
+        with suppress(OSError):
+            os.posix_fadvise(fd, offset, count, os.POSIX_FADV_DONTNEED)
+
+
+def untouched_runs(infos: dict[str, TensorInfo], changed: set[str]) -> list[tuple[int, int]]:
+    """``(begin, end)`` byte spans of consecutive tensors not in ``changed``, in file order.
+
+    Example:
+        >>> i = {n: TensorInfo("float16", (2,), b, b + 4) for n, b in (("a", 8), ("b", 12), ("c", 16))}
+        >>> untouched_runs(i, {"b"}), untouched_runs(i, set())
+        ([(8, 12), (16, 20)], [(8, 20)])
+    """
+    runs: list[tuple[int, int]] = []
+    for name, info in infos.items():
+        if name in changed:
+            continue
+        if runs and runs[-1][1] == info.begin:
+            runs[-1] = (runs[-1][0], info.end)
+        else:
+            runs.append((info.begin, info.end))
+    return runs
+
+
 def write_streaming(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
     infos: dict[str, TensorInfo],
-    replacement: Callable[[str], np.ndarray | None],
+    take: Callable[[str, bool], np.ndarray | None],
+    changed: list[str],
     metadata: dict[str, str],
 ) -> None:
-    """Write ``dst``: ``src``'s tensors in its order, each replaced by ``replacement(name)`` when
-    that is not None (same dtype and shape, checked), the rest copied byte for byte."""
+    """Write ``dst``: ``src``'s tensors in its layout, those named in ``changed`` replaced by
+    ``take(name, wait)`` (same dtype and shape, checked), the rest copied byte for byte.
+
+    The untouched bytes are copied first, in chunks, while the replacements are computed
+    elsewhere; between chunks every replacement already computed is written at its offset
+    (``take(name, False)`` returns None while it is not), and the rest are waited for at the end.
+    So the copy never waits for the computation, whatever the order of the tensors in the file.
+    """
+    pending = [n for n in infos if n in set(changed)]
+    data_start = min((i.begin for i in infos.values()), default=0)
     out = os.open(Path(dst), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
+        header = _header(infos, metadata)
+        _pwrite_all(out, header, 0)
+        shift = len(header) - data_start
+
+        def put(name: str, arr: np.ndarray) -> None:
+            info = infos[name]
+            if arr.dtype.name != info.dtype or tuple(arr.shape) != info.shape:
+                raise AssertionError(f"baked tensor '{name}' changed dtype or shape")
+            _pwrite_all(out, raw_bytes(arr), info.begin + shift)
+            _writeback(out, info.begin + shift, info.end - info.begin)
+
+        def flush(wait: bool) -> None:
+            for name in list(pending):
+                arr = take(name, wait)
+                if arr is not None:
+                    put(name, arr)
+                    pending.remove(name)
+
         with open(src, "rb") as f:
-            fd = f.fileno()
-            _write_all(out, _header(infos, metadata))
-            run = None  # start of the pending run of untouched bytes
-            for name, info in infos.items():
-                new = replacement(name)
-                if new is None:
-                    run = info.begin if run is None else run
-                    continue
-                if run is not None:
-                    copy_range(fd, out, run, info.begin - run)
-                    run = None
-                if new.dtype.name != info.dtype or tuple(new.shape) != info.shape:
-                    raise AssertionError(f"baked tensor '{name}' changed dtype or shape")
-                _write_all(out, raw_bytes(new))
-            if run is not None:
-                last = max(i.end for i in infos.values())
-                copy_range(fd, out, run, last - run)
+            for begin, end in untouched_runs(infos, set(changed)):
+                for at in range(begin, end, WRITEBACK):
+                    count = min(WRITEBACK, end - at)
+                    copy_range(f.fileno(), out, at, count, at + shift)
+                    _writeback(out, at + shift, count)
+                    flush(wait=False)
+        flush(wait=True)
+        size = max((i.end for i in infos.values()), default=data_start) + shift
+        if os.fstat(out).st_size != size:
+            raise AssertionError(f"wrote {os.fstat(out).st_size} bytes, expected {size}")
         os.fsync(out)
     finally:
         os.close(out)
