@@ -344,16 +344,21 @@ def _bake_sd(
     from hyperkit.bake.report import bake_dict, render_bake
     from hyperkit.bake.sd import bake_sd, parity_failure
 
-    result = bake_sd(
-        list(inputs),
-        base,
-        output,
-        strengths=list(strength),
-        tolerance=tolerance,
-        float64=float64,
-        force=force,
-        check=False,
-    )
+    progress = _Progress("baking")
+    try:
+        result = bake_sd(
+            list(inputs),
+            base,
+            output,
+            strengths=list(strength),
+            tolerance=tolerance,
+            float64=float64,
+            force=force,
+            check=False,
+            progress=progress.bytes,
+        )
+    finally:
+        progress.close()
     _echo_warnings(result.warnings)
     if as_json:
         _emit_json(bake_dict(result))
@@ -598,19 +603,26 @@ def _gate_options(f: Any) -> Any:
 
 
 class _Progress:
-    """A progress bar on stderr showing images/s; created once the number of images is known."""
+    """A progress bar on stderr, created once the amount of work is known."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str) -> None:
+        self.label = label
         self.bar: Any = None
 
     def total(self, n: int) -> None:
-        self.bar = click.progressbar(
-            length=n, label="encoding images", file=sys.stderr, item_show_func=lambda s: s
-        ).__enter__()
+        self.bar = click.progressbar(length=n, label=self.label, file=sys.stderr, item_show_func=lambda s: s)
+        self.bar.__enter__()
 
     def step(self, n: int, rate: float) -> None:
+        """``n`` more images done, at ``rate`` images/s."""
         if self.bar is not None:
             self.bar.update(n, f"{rate:.1f} img/s")
+
+    def bytes(self, n: int, total: int) -> None:
+        """``n`` more bytes written of ``total``."""
+        if self.bar is None:
+            self.total(total)
+        self.bar.update(n)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -687,7 +699,7 @@ def eval_command(
     floors, drops = parse_thresholds(fail_under, "--fail-under"), parse_thresholds(max_drop, "--max-drop")
     check_report_paths(list(outputs), force=force)
     old = read_report(against)[0] if against else None
-    progress = _Progress()
+    progress = _Progress("encoding images")
     try:
         result = evaluate(
             source,

@@ -102,6 +102,31 @@ def test_diffusers_folder_in_folder_out(work, tmp_path):
     assert np.abs(baked - runtime_reference([work / "lin.pt"], [1.0])).max() <= TOL
 
 
+def test_diffusers_variant_folder_and_other_weights_left_out(work, tmp_path):
+    """A ``variant="fp16"``-style folder is baked into the same file name; weight files the bake
+    did not change are left out (a loader picking them would run the base) with a warning."""
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    src = tmp_path / "pipe" / "unet"
+    shutil.copytree(work / "unet_folder", src)
+    (src / "diffusion_pytorch_model.safetensors").rename(src / "diffusion_pytorch_model.fp16.safetensors")
+    out = tmp_path / "baked_unet"
+    result = bake_sd([work / "lin.pt"], tmp_path / "pipe", out)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "diffusion_pytorch_model.fp16.safetensors"]
+    baked = UNet2DConditionModel.from_pretrained(out, variant="fp16").eval()
+    assert np.abs(bk.forward(baked, bk.inputs()) - runtime_reference([work / "lin.pt"], [1.0])).max() <= TOL
+    assert not result.warnings
+
+    shutil.copy(work / "unet.safetensors", src / "diffusion_pytorch_model.safetensors")
+    (src / "diffusion_pytorch_model.bin").write_bytes(b"stale")
+    result = bake_sd([work / "lin.pt"], src, out, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert len(result.warnings) == 1 and "diffusion_pytorch_model.bin" in result.warnings[0]
+    assert "diffusion_pytorch_model.fp16.safetensors" in result.warnings[0]
+
+
 def test_fp16_base_keeps_dtype_and_reports_the_cast(work, tmp_path):
     import torch
 
@@ -109,7 +134,7 @@ def test_fp16_base_keeps_dtype_and_reports_the_cast(work, tmp_path):
     bk.save_diffusers_file(unet16, tmp_path / "u16.safetensors")
     result = bake_sd([work / "lin.pt"], tmp_path / "u16.safetensors", tmp_path / "b16.safetensors")
     assert result.dtype == "float16" and result.passed
-    assert all(p.cast_abs > p.fold_abs for p in result.layers)  # fp16 rounding dominates float64's error
+    assert all(p.cast_abs > p.fold_abs for p in result.layers)  # fp16 rounding dominates the fold's error
     assert {a.dtype.name for a in read_safetensors(tmp_path / "b16.safetensors")[0].values()} == {"float16"}
 
 

@@ -62,12 +62,12 @@ def _check(tmp: Path, tensors, new, polls, metadata) -> None:
 def test_streaming_writes_the_base_with_the_replacements(tmp_path_factory, layout, chunk):
     tensors, new, polls = layout
     tmp = tmp_path_factory.mktemp("stream")
-    saved = stream.WRITEBACK
-    stream.WRITEBACK = chunk  # tiny chunks: replacements land between copies of one run
+    saved = stream.COPY_CHUNK
+    stream.COPY_CHUNK = chunk  # tiny chunks: replacements land between copies of one run
     try:
         _check(tmp, tensors, new, polls, {"hyperkit.baked": "[]"})
     finally:
-        stream.WRITEBACK = saved
+        stream.COPY_CHUNK = saved
 
 
 def test_fallback_without_kernel_copy_writes_the_same(tmp_path, monkeypatch):

@@ -38,6 +38,8 @@ from hyperkit.bake.hnmath import Link, chain_affine, reference_forward
 from hyperkit.bake.sd_base import Attention
 from hyperkit.formats.arrays import release
 
+#: The tensors of an attention layer the fold reads.
+PARTS = ("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight", "to_out.0.bias")
 #: Tokens of the random inputs each layer's parity is measured on (queries, context).
 PARITY_QUERIES, PARITY_CONTEXT = 16, 8
 
@@ -226,8 +228,7 @@ def fold_layer(
     heads: int,
 ) -> FoldedLayer:
     """The folded ``to_k``/``to_v`` weights and ``to_out.0`` bias of one layer, and its parity."""
-    parts = ("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight", "to_out.0.bias")
-    raw = {p: read(att.key(p)) for p in parts}
+    raw = {p: read(att.key(p)) for p in PARTS}
     w: dict[str, np.ndarray] = {p: np.asarray(v, folds.dtype) for p, v in raw.items()}  # each projection converted once
     a_k, _ = folds.get(att.width, 0)
     a_v, c_v = folds.get(att.width, 1)

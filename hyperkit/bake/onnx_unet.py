@@ -295,8 +295,6 @@ def bake_onnx(
                     parity = _fold(g, targets, parts, links, writer, base.architecture, work)
                 else:
                     parity = _insert(g, targets, parts, links, base.architecture)
-                if fd is not None:
-                    os.fsync(fd)
             finally:
                 if fd is not None:
                     os.close(fd)

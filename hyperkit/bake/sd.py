@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -28,9 +28,18 @@ from pathlib import Path
 import numpy as np
 
 from hyperkit._version import __version__
-from hyperkit.bake.fold import FoldedLayer, Folds, LayerParity, blas_threads, fold_layer, guess_heads, work_dtype
+from hyperkit.bake.fold import (
+    PARTS,
+    FoldedLayer,
+    Folds,
+    LayerParity,
+    blas_threads,
+    fold_layer,
+    guess_heads,
+    work_dtype,
+)
 from hyperkit.bake.hnmath import Link, nonaffine_reason
-from hyperkit.bake.sd_base import Attention, Base, family, open_base
+from hyperkit.bake.sd_base import Attention, Base, TensorInfo, family, is_weights_file, open_base
 from hyperkit.errors import (
     BadInputError,
     CheckFailed,
@@ -186,6 +195,8 @@ class _Folder:
         key = (lambda a: min(base.infos[a.key(p)].begin for p in CHANGED)) if base.infos else None
         self.order = sorted(targets, key=key) if key else list(targets)
         self.owner = {att.key(p): i for i, att in enumerate(self.order) for p in CHANGED}
+        if base.infos:
+            prefetch(base.weights, [base.infos[att.key(p)] for att in self.order for p in PARTS])
         self.pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="hyperkit-fold")
         self.futures: dict[int, Future[FoldedLayer]] = {}
         for i, att in enumerate(self.order):
@@ -215,6 +226,24 @@ class _Folder:
         return parity
 
 
+def prefetch(path: Path, spans: list[TensorInfo]) -> None:
+    """Ask the kernel to read these tensors ahead, in the background.
+
+    From a cold page cache, the fold workers would otherwise fault them in through the memory
+    map a few pages at a time, waiting on the disk between matmuls while the copy reads the rest
+    of the file; read ahead, they arrive at the disk's streaming speed. Advice only.
+    """
+    if not hasattr(os, "posix_fadvise"):
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for span in spans:
+            with suppress(OSError):
+                os.posix_fadvise(fd, span.begin, span.end - span.begin, os.POSIX_FADV_WILLNEED)
+    finally:
+        os.close(fd)
+
+
 def _verify(out: Path, base: Base, written: dict[str, np.ndarray]) -> None:
     """Re-read the header and the changed tensors of what was written."""
     from hyperkit.bake.sd_base import open_safetensors
@@ -231,16 +260,28 @@ def _verify(out: Path, base: Base, written: dict[str, np.ndarray]) -> None:
 
 
 def bake_checkpoint(
-    base: Base, targets: list[Attention], links: list[Link], out: Path, meta: dict[str, str], dtype: type
+    base: Base,
+    targets: list[Attention],
+    links: list[Link],
+    out: Path,
+    meta: dict[str, str],
+    dtype: type,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[LayerParity]:
     """Fold into a safetensors/diffusers/ckpt base in ``dtype`` (the working precision) and
     write ``out`` (.safetensors)."""
     with blas_threads(1):  # see _Folder
-        return _bake_checkpoint(base, targets, links, out, meta, dtype)
+        return _bake_checkpoint(base, targets, links, out, meta, dtype, progress)
 
 
 def _bake_checkpoint(
-    base: Base, targets: list[Attention], links: list[Link], out: Path, meta: dict[str, str], dtype: type
+    base: Base,
+    targets: list[Attention],
+    links: list[Link],
+    out: Path,
+    meta: dict[str, str],
+    dtype: type,
+    progress: Callable[[int, int], None] | None,
 ) -> list[LayerParity]:
     from hyperkit.bake.stream import write_streaming
     from hyperkit.formats.safetensors_io import write_safetensors
@@ -260,7 +301,7 @@ def _bake_checkpoint(
 
     try:
         if base.infos:
-            write_streaming(base.weights, out, base.infos, take, folder.names, meta)
+            write_streaming(base.weights, out, base.infos, take, folder.names, meta, progress)
         else:
             items = [(n, value(n) if n in folder.owner else a) for n, a in base.arrays.items()]
             write_safetensors(out, items, meta)
@@ -281,10 +322,12 @@ def bake_sd(
     float64: bool = False,
     force: bool = False,
     check: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> BakeResult:
     """Bake SD hypernetworks into ``base_path``; with ``check``, raise :class:`CheckFailed` past
     the tolerance (:func:`parity_failure` gives that error for a result). The fold runs in
-    float32 for fp16/bf16 bases unless ``float64`` (:func:`hyperkit.bake.fold.work_dtype`)."""
+    float32 for fp16/bf16 bases unless ``float64`` (:func:`hyperkit.bake.fold.work_dtype`).
+    ``progress(n, total)`` hears of every ``n`` more bytes of a checkpoint's ``total`` written."""
     started = time.perf_counter()
     for p in inputs:
         if output.resolve() == p.resolve():
@@ -295,7 +338,9 @@ def bake_sd(
 
         result = bake_onnx(inputs, links, base_path, output, tolerance=tolerance, float64=float64, force=force)
     else:
-        result = _bake_weights(inputs, links, base_path, output, tolerance=tolerance, float64=float64, force=force)
+        result = _bake_weights(
+            inputs, links, base_path, output, tolerance=tolerance, float64=float64, force=force, progress=progress
+        )
     result.seconds = time.perf_counter() - started
     if check and not result.passed:
         raise parity_failure(result)
@@ -320,6 +365,7 @@ def _bake_weights(
     tolerance: float | None,
     float64: bool,
     force: bool,
+    progress: Callable[[int, int], None] | None,
 ) -> BakeResult:
     base = open_base(base_path)
     targets = check_match(base, links, inputs)
@@ -336,17 +382,23 @@ def _bake_weights(
     meta = baked_metadata(base.metadata, _record(links, inputs, "fold", len(targets)))
     warnings = [f"{base_path}: dropped non-tensor entries {', '.join(base.dropped[:5])}"] if base.dropped else []
     if base.container == "diffusers-folder":
+        # Other weight files (variants, .bin) are left out: a loader picking one of them would
+        # run the base's weights, not the baked ones.
+        others = [i for i in base.weights.parent.iterdir() if i.is_file() and not i.name.startswith(".")]
+        skipped = [i.name for i in others if is_weights_file(i.name) and i.name != base.weights.name]
+        if skipped:
+            warnings.append(f"{base_path}: left out the other weight files {', '.join(sorted(skipped))} (not baked)")
         with atomic_folder(output, force=force, src=base_path) as tmp:
-            for item in base.weights.parent.iterdir():
-                if item.name != base.weights.name and item.is_file() and not item.name.startswith("."):
+            for item in others:
+                if not is_weights_file(item.name):
                     shutil.copy2(item, tmp / item.name)
-            parity = bake_checkpoint(base, targets, links, tmp / base.weights.name, meta, work)
+            parity = bake_checkpoint(base, targets, links, tmp / base.weights.name, meta, work, progress)
     else:
         if output.suffix.lower() not in (".safetensors", ".sft"):
             raise UsageProblem(f"{output}: a baked checkpoint is written as .safetensors; name the output so")
         check_output(output, force=force, src=base_path)
         with atomic_output(output, force=force, src=base_path) as tmp:
-            parity = bake_checkpoint(base, targets, links, tmp, meta, work)
+            parity = bake_checkpoint(base, targets, links, tmp, meta, work, progress)
     with suppress(Exception):
         base.close()
     return BakeResult(

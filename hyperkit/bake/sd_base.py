@@ -171,13 +171,34 @@ def _naming(names: list[str], source: Path) -> str:
     )
 
 
+def is_weights_file(name: str) -> bool:
+    """Whether ``name`` is one of a diffusers folder's weight files (any variant, shard or index).
+
+    Example:
+        >>> [is_weights_file(n) for n in ("diffusion_pytorch_model.fp16.safetensors", "config.json")]
+        [True, False]
+    """
+    return name.startswith("diffusion_pytorch_model") and name.endswith((".safetensors", ".bin", ".index.json"))
+
+
 def _weights_file(folder: Path) -> Path:
+    """The folder's weights: ``diffusion_pytorch_model.safetensors``, else its one variant
+    (``diffusion_pytorch_model.fp16.safetensors``, as ``variant="fp16"`` downloads have)."""
     if (folder / "unet").is_dir():
         folder = folder / "unet"
     if (folder / DIFFUSERS_WEIGHTS).is_file():
         return folder / DIFFUSERS_WEIGHTS
     if list(folder.glob("*.safetensors.index.json")):
         raise UnsupportedError(f"{folder}: sharded diffusers weights are not supported yet")
+    variants = sorted(folder.glob("diffusion_pytorch_model.*.safetensors"))
+    if len(variants) == 1:
+        return variants[0]
+    if variants:
+        names = ", ".join(v.name for v in variants)
+        raise BadInputError(
+            f"{folder}: several weight variants ({names}) and no {DIFFUSERS_WEIGHTS}",
+            hint="pass the one to bake into as --into FILE",
+        )
     raise BadInputError(f"{folder}: no {DIFFUSERS_WEIGHTS} in this folder (or its unet/)")
 
 

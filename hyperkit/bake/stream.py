@@ -26,7 +26,6 @@ import json
 import os
 import struct
 from collections.abc import Callable
-from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +37,8 @@ from hyperkit.formats.safetensors_io import MAX_HEADER, NAMES, parse_header
 
 #: Bytes per read/write when the kernel cannot copy between the two files itself.
 CHUNK = 1 << 24
-#: Bytes copied between looks at the replacements computed meanwhile; each chunk is handed to
-#: the kernel's writeback as soon as it is copied.
-WRITEBACK = 1 << 26
+#: Bytes copied between looks at the replacements computed meanwhile.
+COPY_CHUNK = 1 << 26
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.ETXTBSY}
 
 
@@ -115,19 +113,6 @@ def _header(infos: dict[str, TensorInfo], metadata: dict[str, str]) -> bytes:
     return struct.pack("<Q", len(blob)) + blob
 
 
-def _writeback(fd: int, offset: int, count: int) -> None:
-    """Start the disk writes of a finished range now rather than at the final fsync.
-
-    ``POSIX_FADV_DONTNEED`` on dirty pages makes Linux begin writing them back (and drop them once
-    clean, so a multi-GB output does not push other files out of the page cache); the fsync
-    that makes the output durable then waits for the tail only, and the disk works during the
-    copy instead of after it. Advice only: where it is missing the fsync does it all.
-    """
-    if hasattr(os, "posix_fadvise"):
-        with suppress(OSError):
-            os.posix_fadvise(fd, offset, count, os.POSIX_FADV_DONTNEED)
-
-
 def untouched_runs(infos: dict[str, TensorInfo], changed: set[str]) -> list[tuple[int, int]]:
     """``(begin, end)`` byte spans of consecutive tensors not in ``changed``, in file order.
 
@@ -154,6 +139,7 @@ def write_streaming(
     take: Callable[[str, bool], np.ndarray | None],
     changed: list[str],
     metadata: dict[str, str],
+    progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Write ``dst``: ``src``'s tensors in its layout, those named in ``changed`` replaced by
     ``take(name, wait)`` (same dtype and shape, checked), the rest copied byte for byte.
@@ -162,9 +148,12 @@ def write_streaming(
     elsewhere; between chunks every replacement already computed is written at its offset
     (``take(name, False)`` returns None while it is not), and the rest are waited for at the end.
     So the copy never waits for the computation, whatever the order of the tensors in the file.
+    ``progress(n, total)`` hears of every ``n`` more bytes of the ``total`` tensor bytes written.
     """
     pending = [n for n in infos if n in set(changed)]
     data_start = min((i.begin for i in infos.values()), default=0)
+    total = sum(i.end - i.begin for i in infos.values())
+    report = progress or (lambda n, total: None)
     out = os.open(Path(dst), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         header = _header(infos, metadata)
@@ -176,7 +165,7 @@ def write_streaming(
             if arr.dtype.name != info.dtype or tuple(arr.shape) != info.shape:
                 raise AssertionError(f"baked tensor '{name}' changed dtype or shape")
             _pwrite_all(out, raw_bytes(arr), info.begin + shift)
-            _writeback(out, info.begin + shift, info.end - info.begin)
+            report(info.end - info.begin, total)
 
         def flush(wait: bool) -> None:
             for name in list(pending):
@@ -187,15 +176,14 @@ def write_streaming(
 
         with open(src, "rb") as f:
             for begin, end in untouched_runs(infos, set(changed)):
-                for at in range(begin, end, WRITEBACK):
-                    count = min(WRITEBACK, end - at)
+                for at in range(begin, end, COPY_CHUNK):
+                    count = min(COPY_CHUNK, end - at)
                     copy_range(f.fileno(), out, at, count, at + shift)
-                    _writeback(out, at + shift, count)
+                    report(count, total)
                     flush(wait=False)
         flush(wait=True)
         size = max((i.end for i in infos.values()), default=data_start) + shift
         if os.fstat(out).st_size != size:
             raise AssertionError(f"wrote {os.fstat(out).st_size} bytes, expected {size}")
-        os.fsync(out)
     finally:
         os.close(out)
