@@ -130,8 +130,10 @@ class _Wrapper(torch.nn.Module):
 
 
 def export_onnx(unet: Any, path: Path, *, dynamo: bool) -> Path:
-    """Export like optimum (legacy, opset 17, constant folding) or with the dynamo exporter."""
+    """Export like optimum (legacy, opset 17, constant folding) or with the dynamo exporter
+    (float inputs in the UNet's dtype)."""
     args = inputs(cross=int(unet.config.cross_attention_dim))
+    args = (args[0].to(unet.dtype), args[1], args[2].to(unet.dtype))
     names = ["sample", "timestep", "encoder_hidden_states"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -179,8 +181,10 @@ def run_onnx(path: Path, args: tuple[torch.Tensor, ...]) -> np.ndarray:
     from hyperkit.runtime import make_session
 
     session, _ = make_session(path, prefer_gpu=False)
-    feeds = {"sample": args[0].numpy(), "timestep": args[1].numpy(), "encoder_hidden_states": args[2].numpy()}
-    return session.run(None, feeds)[0]
+    half = session.get_inputs()[0].type == "tensor(float16)"  # an fp16 export takes fp16 inputs
+    sample, context = (a.half() if half else a for a in (args[0], args[2]))
+    feeds = {"sample": sample.numpy(), "timestep": args[1].numpy(), "encoder_hidden_states": context.numpy()}
+    return session.run(None, feeds)[0].astype(np.float32)
 
 
 def baked_record(path: Path) -> list[dict[str, Any]]:

@@ -222,3 +222,58 @@ def test_ckpt_base_read_safely(work, tmp_path, run_cli):
     result = run_cli("bake", work / "lin.pt", "--into", tmp_path / "lightning.ckpt", "-o", tmp_path / "l.safetensors")
     _one_error(result, 3, "lightning.ckpt", "argparse.Namespace")
     assert not (tmp_path / "l.safetensors").exists()
+
+
+def _onnx_base(folder: Path, location: str | None = None, length: int | None = None, every: bool = False) -> Path:
+    """The bundled dynamo fixture with its external data, one initializer (or ``every`` one)
+    re-pointed if asked."""
+    import shutil
+
+    import onnx
+
+    folder.mkdir()
+    shutil.copy(bk.FIXTURES / "unet-dynamo.onnx.data", folder / "unet-dynamo.onnx.data")
+    model = onnx.load(str(bk.FIXTURES / "unet-dynamo.onnx"), load_external_data=False)
+    tensors = [t for t in model.graph.initializer if t.external_data]
+    for tensor in tensors if every else tensors[:1]:
+        for entry in tensor.external_data:
+            if entry.key == "location" and location is not None:
+                entry.value = location
+            if entry.key == "length" and length is not None:
+                entry.value = str(length)
+    onnx.save(model, str(folder / "unet.onnx"))
+    return folder / "unet.onnx"
+
+
+@pytest.mark.parametrize(
+    ("location", "length", "words"),
+    [
+        ("../outside.data", None, ["outside the model's folder", "../outside.data"]),
+        ("/etc/hostname", None, ["outside the model's folder"]),
+        ("link.data", None, ["outside the model's folder", "link.data"]),  # a symlink out of the folder
+        ("gone.data", None, ["gone.data", "is missing"]),
+        (None, 1 << 40, ["reads bytes", "unet-dynamo.onnx.data"]),
+    ],
+)
+def test_onnx_external_data_that_points_elsewhere(tmp_path, run_cli, location, length, words):
+    """A crafted location must never make the bake copy another file's bytes into its output."""
+    (tmp_path / "outside.data").write_bytes(b"secret" * 4096)
+    base = _onnx_base(tmp_path / "base", location, length)
+    (base.parent / "link.data").symlink_to(tmp_path / "outside.data")
+    hn = bk.save_hn(tmp_path / "lin16.pt", (bk.FIXTURE_CROSS, 8))
+    out = tmp_path / "out"
+    out.mkdir()
+    result = _bake(run_cli, base.parent, str(hn), "--into", str(base), "-o", str(out / "baked.onnx"))
+    _one_error(result, 3, "unet.onnx", *words)
+    assert listing(out) == []
+
+
+def test_onnx_output_data_would_overwrite_the_base_data(tmp_path, run_cli):
+    base = _onnx_base(tmp_path / "base", location="baked.onnx.data", every=True)
+    (base.parent / "unet-dynamo.onnx.data").rename(base.parent / "baked.onnx.data")
+    hn = bk.save_hn(tmp_path / "lin16.pt", (bk.FIXTURE_CROSS, 8))
+    before = sha256(base.parent / "baked.onnx.data")
+    result = _bake(run_cli, base.parent, str(hn), "--into", str(base), "-o", str(base.parent / "baked.onnx"))
+    _one_error(result, 3, "baked.onnx.data", "external data")
+    assert sha256(base.parent / "baked.onnx.data") == before
+    assert listing(base.parent) == ["baked.onnx.data", "unet.onnx"]

@@ -179,6 +179,46 @@ def test_onnx_dynamo_export_with_external_data(tmp_path):
     assert np.abs(bk.run_onnx(base, args) - plain).max() <= TOL  # the base still runs: untouched
 
 
+def test_onnx_external_data_in_many_files_is_gathered(work, tmp_path):
+    """The legacy exporter writes one external file per tensor unless told otherwise: the bake
+    gathers them into one ``OUT.data`` and leaves the base's files as they were."""
+    import onnx
+
+    src = tmp_path / "base"
+    src.mkdir()
+    model = onnx.load(str(work / "legacy.onnx"))
+    onnx.save_model(model, str(src / "unet.onnx"), save_as_external_data=True, all_tensors_to_one_file=False)
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    assert len(before) > 10
+    for hns, strengths, method in ((["lin.pt"], [1.0], "fold"), (["relu_ln.pt", "lin.pt"], [1.0, 0.5], "subgraph")):
+        out = tmp_path / method / "baked.onnx"
+        out.parent.mkdir()
+        result = bake_sd([work / h for h in hns], src / "unet.onnx", out, strengths=strengths)
+        assert result.passed and result.method == method
+        assert sorted(p.name for p in out.parent.iterdir()) == ["baked.onnx", "baked.onnx.data"]
+        baked = bk.run_onnx(out, bk.inputs())
+        assert np.abs(baked - runtime_reference([work / h for h in hns], strengths)).max() <= TOL
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+
+
+def test_onnx_fp16_base(work, tmp_path):
+    """An fp16 export: weights rewritten in fp16 or the MLP inserted in fp16; its output is as
+    close to the float32 runtime reference as the fp16 base is to the float32 base."""
+    import torch
+
+    base = bk.export_onnx(bk.tiny_unet(dtype=torch.float16), tmp_path / "u16.onnx", dynamo=False)
+    plain = bk.forward(bk.tiny_unet(), bk.inputs())
+    half_error = np.abs(bk.run_onnx(base, bk.inputs()) - plain).max()  # fp16's own error
+    for hns, strengths, method in ((["lin.pt"], [1.0], "fold"), (["relu_ln.pt"], [0.5], "subgraph")):
+        out = tmp_path / f"baked-{method}.onnx"
+        result = bake_sd([work / h for h in hns], base, out, strengths=strengths)
+        assert result.passed and result.method == method and result.dtype == "float16"
+        ref = runtime_reference([work / h for h in hns], strengths)
+        error = np.abs(bk.run_onnx(out, bk.inputs()) - ref).max()
+        assert error <= 3 * half_error + 1e-3, (error, half_error)
+        assert np.abs(plain - ref).max() > 10 * error  # the hypernetwork's effect stands far above it
+
+
 def test_runtime_apply_hooks_only_matching_widths_and_removes_cleanly(work):
     unet = bk.tiny_unet()
     plain = bk.forward(unet, bk.inputs())

@@ -7,8 +7,9 @@ cross-attention layer reads ``encoder_hidden_states`` itself while a self-attent
 and v share their ``norm1`` output — the chain rewires only the K or V MatMul, never the shared
 tensor. A weight with another consumer gets a new initializer instead of being changed.
 
-External data is streamed: the base's data file is copied in the kernel, changed tensors are
-appended to the copy and re-pointed, so a multi-GB UNet is never loaded. The result passes
+External data is streamed: every external tensor's bytes are copied in the kernel into one data
+file (however many files the base spreads them over), changed tensors are appended to it and
+re-pointed, so a multi-GB UNet is never loaded. The result passes
 ``onnx.checker`` (by path) and loads in ONNX Runtime before it is renamed into place; its
 external data goes to ``<output>.data``.
 
@@ -32,7 +33,14 @@ from hyperkit.bake.onnx_graph import Builder, OnnxAttention, chain_model, chain_
 from hyperkit.bake.sd import BakeResult, _record, baked_metadata, check_match, default_tolerance
 from hyperkit.bake.sd_base import Attention, Base
 from hyperkit.bake.stream import copy_range
-from hyperkit.errors import BadInputError, CorruptFileError, UnsupportedError, VerificationError, require
+from hyperkit.errors import (
+    BadInputError,
+    CorruptFileError,
+    OutputPathError,
+    UnsupportedError,
+    VerificationError,
+    require,
+)
 from hyperkit.paths import atomic_output, check_input, check_output
 
 _EXTERNAL = 1  # TensorProto.EXTERNAL
@@ -75,14 +83,66 @@ class Graph:
         except (OSError, ValueError) as e:
             raise CorruptFileError(f"{self.path}: cannot read initializer '{name}': {e}") from e
 
-    def external_locations(self) -> set[str]:
-        return {
-            e.value
-            for t in self.model.graph.initializer
-            if t.data_location == _EXTERNAL
-            for e in t.external_data
-            if e.key == "location"
-        }
+
+def _entries(t: Any) -> dict[str, str]:
+    return {e.key: e.value for e in t.external_data}
+
+
+def external_files(g: Graph) -> dict[Path, list[str]]:
+    """The external data files of ``g``'s initializers (and who uses each), every one checked to
+    be a regular file in the model's folder: a location naming ``..``, an absolute path or a
+    link out of the folder would have the bake copy another file's bytes into its output."""
+    folder = g.data_dir.resolve()
+    files: dict[Path, list[str]] = {}
+    for t in g.model.graph.initializer:
+        if t.data_location != _EXTERNAL:
+            continue
+        location = _entries(t).get("location", "")
+        path = (g.data_dir / location).resolve()
+        inside = location and not Path(location).is_absolute() and ".." not in Path(location).parts
+        if not inside or folder not in path.parents:
+            raise BadInputError(
+                f"{g.path}: initializer '{t.name}' has its data outside the model's folder: '{location}'"
+            )
+        if not path.is_file():
+            raise BadInputError(f"{g.path}: the external data file {path} of initializer '{t.name}' is missing")
+        files.setdefault(path, []).append(t.name)
+    return files
+
+
+def gather_external(g: Graph, fd: int, location: str) -> None:
+    """Copy every external initializer's bytes into the data file ``fd`` (in the kernel, 64-byte
+    aligned) and point the initializer there: one file however many the base spreads them over
+    (the legacy exporter writes one per tensor unless told otherwise)."""
+    end = 0
+    handles: dict[Path, int] = {}
+    try:
+        for path, names in external_files(g).items():
+            src = handles.setdefault(path, os.open(path, os.O_RDONLY))
+            size = os.fstat(src).st_size
+            for name in names:
+                t = g.inits[name]
+                entries = _entries(t)
+                try:
+                    offset = int(entries.get("offset", "0"))
+                    length = int(entries["length"]) if "length" in entries else size - offset
+                except ValueError as e:
+                    raise CorruptFileError(f"{g.path}: initializer '{name}' has a bad external offset or length") from e
+                if offset < 0 or length < 0 or offset + length > size:
+                    raise CorruptFileError(
+                        f"{g.path}: initializer '{name}' reads bytes {offset}..{offset + length} of {path.name}, "
+                        f"which has {size}"
+                    )
+                at = end + (-end) % ALIGN
+                copy_range(src, fd, offset, length, at)
+                end = at + length
+                del t.external_data[:]
+                for key, value in (("location", location), ("offset", str(at)), ("length", str(length))):
+                    entry = t.external_data.add()
+                    entry.key, entry.value = key, value
+    finally:
+        for handle in handles.values():
+            os.close(handle)
 
 
 def _attentions(g: Graph) -> tuple[list[Attention], dict[str, OnnxAttention]]:
@@ -263,11 +323,11 @@ def bake_onnx(
     atts, parts = _attentions(g)
     base = Base(base_path, "onnx", "onnx", base_path, {}, atts)
     targets = check_match(base, links, inputs)
-    locations = g.external_locations()
-    if len(locations) > 1:
-        raise UnsupportedError(f"{base_path}: external data spread over {len(locations)} files is not supported yet")
+    sources = external_files(g)
     data_out = output.with_name(data_name(output))
-    if locations and data_out.exists() and not force:
+    if any(data_out.resolve() == src.resolve() for src in sources):
+        raise OutputPathError(f"{data_out}: is the base's external data; name the output otherwise")
+    if sources and data_out.exists() and not force:
         raise BadInputError(f"{data_out}: already exists", hint="pass --force to overwrite it")
     affine = all(nonaffine_reason(link.hn) is None for link in links)
     dtype = g.array(parts[targets[0].prefix].parts["to_k"].weight).dtype.name
@@ -275,18 +335,10 @@ def bake_onnx(
     try:
         with atomic_output(output, force=force, src=base_path) as tmp:
             fd = None
-            if locations:
-                src_data = base_path.parent / next(iter(locations))
-                if not src_data.is_file():
-                    raise BadInputError(f"{base_path}: its external data file {src_data} is missing")
+            if sources:
                 fd = os.open(data_out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
                 created_data = True
-                with open(src_data, "rb") as f:
-                    copy_range(f.fileno(), fd, 0, os.fstat(f.fileno()).st_size)
-                for t in g.model.graph.initializer:
-                    for entry in t.external_data:
-                        if entry.key == "location":
-                            entry.value = data_out.name
+                gather_external(g, fd, data_out.name)
                 g.data_dir = data_out.parent  # the locations now name the copy beside the output
             try:
                 writer = _Writer(g, fd, data_out.name)
