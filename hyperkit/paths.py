@@ -96,7 +96,7 @@ def check_output(dst: str | os.PathLike[str], *, force: bool, src: str | os.Path
     return d
 
 
-def _temporary(final: Path) -> Path:
+def temporary_name(final: Path) -> Path:
     """A hidden name beside ``final``; the final name is left out when the result would be too long."""
     token = secrets.token_hex(4)
     name = f".{final.name}.{token}{_TMP_SUFFIX}"
@@ -116,7 +116,7 @@ def atomic_output(
     a read-only mount) becomes an :class:`OutputPathError` naming ``dst``.
     """
     final = check_output(dst, force=force, src=src)
-    tmp = _temporary(final)
+    tmp = temporary_name(final)
     try:
         yield tmp
         os.replace(tmp, final)

@@ -224,7 +224,9 @@ def test_ckpt_base_read_safely(work, tmp_path, run_cli):
     assert not (tmp_path / "l.safetensors").exists()
 
 
-def _onnx_base(folder: Path, location: str | None = None, length: int | None = None, every: bool = False) -> Path:
+def _onnx_base(
+    folder: Path, location: str | None = None, length: int | None = None, every: bool = False, offset: int = 0
+) -> Path:
     """The bundled dynamo fixture with its external data, one initializer (or ``every`` one)
     re-pointed if asked."""
     import shutil
@@ -241,24 +243,29 @@ def _onnx_base(folder: Path, location: str | None = None, length: int | None = N
                 entry.value = location
             if entry.key == "length" and length is not None:
                 entry.value = str(length)
+            if entry.key == "offset" and offset:
+                entry.value = str(offset)
     onnx.save(model, str(folder / "unet.onnx"))
     return folder / "unet.onnx"
 
 
 @pytest.mark.parametrize(
-    ("location", "length", "words"),
+    ("location", "length", "offset", "words"),
     [
-        ("../outside.data", None, ["outside the model's folder", "../outside.data"]),
-        ("/etc/hostname", None, ["outside the model's folder"]),
-        ("link.data", None, ["outside the model's folder", "link.data"]),  # a symlink out of the folder
-        ("gone.data", None, ["gone.data", "is missing"]),
-        (None, 1 << 40, ["reads bytes", "unet-dynamo.onnx.data"]),
+        ("../outside.data", None, 0, ["outside the model's folder", "../outside.data"]),
+        ("/etc/hostname", None, 0, ["outside the model's folder"]),
+        ("link.data", None, 0, ["outside the model's folder", "link.data"]),  # a symlink out of the folder
+        ("gone.data", None, 0, ["gone.data", "is missing"]),
+        ("a\x00b", None, 0, ["unusable data location"]),
+        ("x" * 5000, None, 0, ["unusable data location"]),
+        (None, 1 << 40, 0, ["says 1099511627776 bytes", "shape and type take"]),
+        (None, None, 1 << 40, ["reads bytes", "unet-dynamo.onnx.data"]),
     ],
 )
-def test_onnx_external_data_that_points_elsewhere(tmp_path, run_cli, location, length, words):
+def test_onnx_external_data_that_points_elsewhere(tmp_path, run_cli, location, length, offset, words):
     """A crafted location must never make the bake copy another file's bytes into its output."""
     (tmp_path / "outside.data").write_bytes(b"secret" * 4096)
-    base = _onnx_base(tmp_path / "base", location, length)
+    base = _onnx_base(tmp_path / "base", location, length, offset=offset)
     (base.parent / "link.data").symlink_to(tmp_path / "outside.data")
     hn = bk.save_hn(tmp_path / "lin16.pt", (bk.FIXTURE_CROSS, 8))
     out = tmp_path / "out"

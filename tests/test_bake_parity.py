@@ -227,3 +227,52 @@ def test_runtime_apply_hooks_only_matching_widths_and_removes_cleanly(work):
     assert np.abs(bk.forward(unet, bk.inputs()) - plain).max() > 1e-3
     handle.remove()
     assert np.array_equal(bk.forward(unet, bk.inputs()), plain)
+
+
+def test_onnx_many_files_under_a_low_open_file_limit(work, tmp_path):
+    """One external file per tensor, more of them than the process may hold open at once."""
+    import resource
+    import subprocess
+    import sys
+
+    import onnx
+
+    src = tmp_path / "base"
+    src.mkdir()
+    model = onnx.load(str(work / "legacy.onnx"))
+    onnx.save_model(model, str(src / "unet.onnx"), save_as_external_data=True, all_tensors_to_one_file=False)
+    files = len(list(src.iterdir()))
+    limit = 40
+    assert files > 2 * limit
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    out = tmp_path / "baked.onnx"
+    argv = ["hyperkit", "bake", str(work / "lin.pt"), "--into", str(src / "unet.onnx"), "-o", str(out)]
+    code = f"import sys; from hyperkit.cli import main; sys.argv = {argv!r}; main()"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=low_limit)
+    assert done.returncode == 0, done.stderr
+    assert np.abs(bk.run_onnx(out, bk.inputs()) - runtime_reference([work / "lin.pt"], [1.0])).max() <= TOL
+
+
+def test_onnx_failed_force_bake_keeps_the_previous_output(work, tmp_path, monkeypatch):
+    """A --force bake that fails after writing its data leaves the earlier model and data as they were."""
+    import hyperkit.bake.onnx_unet as onnx_unet
+    from hyperkit.errors import VerificationError
+
+    base = bk.FIXTURES / "unet-dynamo.onnx"
+    hn = bk.save_hn(tmp_path / "lin16.pt", (bk.FIXTURE_CROSS, 8))
+    out = tmp_path / "out" / "baked.onnx"
+    out.parent.mkdir()
+    bake_sd([hn], base, out)
+    before = {p.name: p.read_bytes() for p in out.parent.iterdir()}
+    assert sorted(before) == ["baked.onnx", "baked.onnx.data"]
+
+    def refuse(path: Path, output: Path) -> None:
+        raise VerificationError(f"{output}: refused for the test")
+
+    monkeypatch.setattr(onnx_unet, "_check", refuse)
+    with pytest.raises(VerificationError):
+        bake_sd([hn], base, out, strengths=[0.3], force=True)
+    assert {p.name: p.read_bytes() for p in out.parent.iterdir()} == before

@@ -53,7 +53,7 @@ class LayerParity:
     width: int
     max_abs: float  # baked as stored vs runtime-applied
     max_rel: float  # max_abs over the largest runtime-applied output
-    fold_abs: float  # baked in float64 (before the cast) vs runtime-applied: the algebra's error
+    fold_abs: float  # baked in the working precision (before the cast) vs runtime-applied
     cast_abs: float  # baked as stored vs baked in float64: the cost of the base's dtype
 
 
@@ -67,8 +67,9 @@ class FoldedLayer:
 
 @contextmanager
 def blas_threads(n: int) -> Iterator[None]:
-    """numpy's BLAS limited to ``n`` threads inside the block (process-wide: enter it once,
-    around all the threads that compute, not in each)."""
+    """numpy's BLAS limited to ``n`` threads inside the block. The limit is process-wide: enter
+    it once, around all the threads that compute (not in each); while it holds, every other
+    thread of a program calling the bake also gets ``n`` BLAS threads."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(n, user_api="blas"):
@@ -83,8 +84,8 @@ def work_dtype(base_dtype: np.dtype | str, *, float64: bool = False) -> type:
     finer than float16 (2⁻²⁴ against 2⁻¹¹), so after the single cast back the result is the
     float64 one or one unit in the last place (ulp) away — for ~0.1% of the values of an SD1
     bake — except values that cancel to near zero, which stay within 1e-6 of the tensor's
-    largest value (tests/test_bake_precision.py). It takes about two thirds of the time of
-    the float64 products on a 2-core machine (DESIGN §7).
+    largest value (tests/test_bake_precision.py). The bake then takes about 0.7× the time of a
+    float64 one on a 2-core machine (DESIGN §7).
 
     Example:
         >>> work_dtype("float16").__name__, work_dtype("float32").__name__, work_dtype("float16", float64=True).__name__

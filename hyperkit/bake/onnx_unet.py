@@ -29,10 +29,11 @@ import numpy as np
 
 from hyperkit.bake.fold import Folds, LayerParity, fold_layer, guess_heads, layer_parity, work_dtype
 from hyperkit.bake.hnmath import Link, nonaffine_reason, reference_forward
+from hyperkit.bake.onnx_external import ALIGN, EXTERNAL, external_files, gather_external, point, relocate
 from hyperkit.bake.onnx_graph import Builder, OnnxAttention, chain_model, chain_nodes, find_projections
 from hyperkit.bake.sd import BakeResult, _record, baked_metadata, check_match, default_tolerance
 from hyperkit.bake.sd_base import Attention, Base
-from hyperkit.bake.stream import copy_range
+from hyperkit.bake.stream import pwrite_all
 from hyperkit.errors import (
     BadInputError,
     CorruptFileError,
@@ -41,10 +42,7 @@ from hyperkit.errors import (
     VerificationError,
     require,
 )
-from hyperkit.paths import atomic_output, check_input, check_output
-
-_EXTERNAL = 1  # TensorProto.EXTERNAL
-ALIGN = 64
+from hyperkit.paths import atomic_output, check_input, check_output, temporary_name
 
 
 def data_name(output: str | os.PathLike[str]) -> str:
@@ -84,67 +82,6 @@ class Graph:
             raise CorruptFileError(f"{self.path}: cannot read initializer '{name}': {e}") from e
 
 
-def _entries(t: Any) -> dict[str, str]:
-    return {e.key: e.value for e in t.external_data}
-
-
-def external_files(g: Graph) -> dict[Path, list[str]]:
-    """The external data files of ``g``'s initializers (and who uses each), every one checked to
-    be a regular file in the model's folder: a location naming ``..``, an absolute path or a
-    link out of the folder would have the bake copy another file's bytes into its output."""
-    folder = g.data_dir.resolve()
-    files: dict[Path, list[str]] = {}
-    for t in g.model.graph.initializer:
-        if t.data_location != _EXTERNAL:
-            continue
-        location = _entries(t).get("location", "")
-        path = (g.data_dir / location).resolve()
-        inside = location and not Path(location).is_absolute() and ".." not in Path(location).parts
-        if not inside or folder not in path.parents:
-            raise BadInputError(
-                f"{g.path}: initializer '{t.name}' has its data outside the model's folder: '{location}'"
-            )
-        if not path.is_file():
-            raise BadInputError(f"{g.path}: the external data file {path} of initializer '{t.name}' is missing")
-        files.setdefault(path, []).append(t.name)
-    return files
-
-
-def gather_external(g: Graph, fd: int, location: str) -> None:
-    """Copy every external initializer's bytes into the data file ``fd`` (in the kernel, 64-byte
-    aligned) and point the initializer there: one file however many the base spreads them over
-    (the legacy exporter writes one per tensor unless told otherwise)."""
-    end = 0
-    handles: dict[Path, int] = {}
-    try:
-        for path, names in external_files(g).items():
-            src = handles.setdefault(path, os.open(path, os.O_RDONLY))
-            size = os.fstat(src).st_size
-            for name in names:
-                t = g.inits[name]
-                entries = _entries(t)
-                try:
-                    offset = int(entries.get("offset", "0"))
-                    length = int(entries["length"]) if "length" in entries else size - offset
-                except ValueError as e:
-                    raise CorruptFileError(f"{g.path}: initializer '{name}' has a bad external offset or length") from e
-                if offset < 0 or length < 0 or offset + length > size:
-                    raise CorruptFileError(
-                        f"{g.path}: initializer '{name}' reads bytes {offset}..{offset + length} of {path.name}, "
-                        f"which has {size}"
-                    )
-                at = end + (-end) % ALIGN
-                copy_range(src, fd, offset, length, at)
-                end = at + length
-                del t.external_data[:]
-                for key, value in (("location", location), ("offset", str(at)), ("length", str(length))):
-                    entry = t.external_data.add()
-                    entry.key, entry.value = key, value
-    finally:
-        for handle in handles.values():
-            os.close(handle)
-
-
 def _attentions(g: Graph) -> tuple[list[Attention], dict[str, OnnxAttention]]:
     layers = find_projections(g.model.graph, g.inits)
     atts, by_prefix = [], {}
@@ -168,17 +105,14 @@ class _Writer:
         from onnx import numpy_helper
 
         t = self.g.inits[name]
-        if t.data_location != _EXTERNAL or self.fd is None:
+        if t.data_location != EXTERNAL or self.fd is None:
             t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr), name))
             return
         data = np.ascontiguousarray(arr).tobytes()
         offset = self.end + (-self.end) % ALIGN
-        os.pwrite(self.fd, data, offset) if data else None
+        pwrite_all(self.fd, data, offset)
         self.end = offset + len(data)
-        del t.external_data[:]
-        for key, value in (("location", self.location), ("offset", str(offset)), ("length", str(len(data)))):
-            entry = t.external_data.add()
-            entry.key, entry.value = key, value
+        point(t, self.location, offset, len(data))
 
     def add(self, name: str, arr: np.ndarray, like: str) -> str:
         """A new initializer (a changed copy of ``like``, which has other consumers)."""
@@ -331,17 +265,18 @@ def bake_onnx(
         raise BadInputError(f"{data_out}: already exists", hint="pass --force to overwrite it")
     affine = all(nonaffine_reason(link.hn) is None for link in links)
     dtype = g.array(parts[targets[0].prefix].parts["to_k"].weight).dtype.name
-    created_data = False
+    # The data goes to a temporary name too and replaces OUT.data only once the model checks
+    # out: written in place, a failed `--force` bake would leave the old model with broken data.
+    data_tmp = temporary_name(data_out)
     try:
         with atomic_output(output, force=force, src=base_path) as tmp:
             fd = None
             if sources:
-                fd = os.open(data_out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-                created_data = True
-                gather_external(g, fd, data_out.name)
+                fd = os.open(data_tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+                gather_external(g, fd, data_tmp.name)
                 g.data_dir = data_out.parent  # the locations now name the copy beside the output
             try:
-                writer = _Writer(g, fd, data_out.name)
+                writer = _Writer(g, fd, data_tmp.name)
                 if affine:
                     work = work_dtype(dtype, float64=float64)
                     parity = _fold(g, targets, parts, links, writer, base.architecture, work)
@@ -355,10 +290,12 @@ def bake_onnx(
             onnx.helper.set_model_props(g.model, meta)
             tmp.write_bytes(g.model.SerializeToString())
             _check(tmp, output)
-    except BaseException:
-        if created_data and not output.exists():
-            data_out.unlink(missing_ok=True)
-        raise
+            if sources:
+                relocate(g, data_tmp.name, data_out.name)
+                tmp.write_bytes(g.model.SerializeToString())
+                os.replace(data_tmp, data_out)
+    finally:
+        data_tmp.unlink(missing_ok=True)
     return BakeResult(
         base_path,
         output,
@@ -368,6 +305,7 @@ def bake_onnx(
         record["hypernetworks"],  # type: ignore[arg-type]
         parity,
         tolerance if tolerance is not None else default_tolerance(dtype),
+        precision=work_dtype(dtype, float64=float64).__name__ if affine else "float32",
     )
 
 

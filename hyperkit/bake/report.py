@@ -31,7 +31,7 @@ def render_bake(result: BakeResult) -> str:
         f"{how}; base dtype {result.dtype}; {len(result.layers)} attention layer(s) changed"
         + (f"; {result.seconds:.2f} s" if result.seconds else ""),
         "",
-        "| layer | kind | width | max abs | max rel | fold (float64) | cast to base dtype |",
+        f"| layer | kind | width | max abs | max rel | fold ({result.precision}) | cast to base dtype |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for p in result.layers:
@@ -55,6 +55,7 @@ def bake_dict(result: BakeResult) -> dict[str, Any]:
         "container": result.container,
         "method": result.method,
         "dtype": result.dtype,
+        "precision": result.precision,
         "hypernetworks": result.hypernetworks,
         "tolerance": result.tolerance,
         "max_abs": result.max_abs,

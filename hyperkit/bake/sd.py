@@ -76,6 +76,7 @@ class BakeResult:
     tolerance: float
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    precision: str = "float64"  # what the fold (or the inserted MLP) computes in
 
     @property
     def max_abs(self) -> float:
@@ -411,4 +412,5 @@ def _bake_weights(
         parity,
         tolerance if tolerance is not None else default_tolerance(dtype),
         warnings=warnings,
+        precision=work.__name__,
     )

@@ -175,10 +175,12 @@ def is_weights_file(name: str) -> bool:
     """Whether ``name`` is one of a diffusers folder's weight files (any variant, shard or index).
 
     Example:
-        >>> [is_weights_file(n) for n in ("diffusion_pytorch_model.fp16.safetensors", "config.json")]
-        [True, False]
+        >>> names = ("diffusion_pytorch_model.fp16.safetensors", "config.json",
+        ...     "diffusion_pytorch_model.safetensors.index.fp16.json")
+        >>> [is_weights_file(n) for n in names]
+        [True, False, True]
     """
-    return name.startswith("diffusion_pytorch_model") and name.endswith((".safetensors", ".bin", ".index.json"))
+    return name.startswith("diffusion_pytorch_model") and (name.endswith((".safetensors", ".bin")) or ".index" in name)
 
 
 def _weights_file(folder: Path) -> Path:
@@ -188,7 +190,7 @@ def _weights_file(folder: Path) -> Path:
         folder = folder / "unet"
     if (folder / DIFFUSERS_WEIGHTS).is_file():
         return folder / DIFFUSERS_WEIGHTS
-    if list(folder.glob("*.safetensors.index.json")):
+    if list(folder.glob("*.safetensors.index*.json")):  # .index.json, or .index.fp16.json for a variant
         raise UnsupportedError(f"{folder}: sharded diffusers weights are not supported yet")
     variants = sorted(folder.glob("diffusion_pytorch_model.*.safetensors"))
     if len(variants) == 1:

@@ -90,7 +90,7 @@ def copy_range(src: int, dst: int, offset: int, count: int, dst_offset: int | No
         dst_offset = None if dst_offset is None else dst_offset + n
 
 
-def _pwrite_all(fd: int, data: memoryview | bytes, offset: int) -> None:
+def pwrite_all(fd: int, data: memoryview | bytes, offset: int) -> None:
     view = memoryview(data).cast("B")
     while view:
         n = os.pwrite(fd, view, offset)
@@ -157,14 +157,14 @@ def write_streaming(
     out = os.open(Path(dst), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         header = _header(infos, metadata)
-        _pwrite_all(out, header, 0)
+        pwrite_all(out, header, 0)
         shift = len(header) - data_start
 
         def put(name: str, arr: np.ndarray) -> None:
             info = infos[name]
             if arr.dtype.name != info.dtype or tuple(arr.shape) != info.shape:
                 raise AssertionError(f"baked tensor '{name}' changed dtype or shape")
-            _pwrite_all(out, raw_bytes(arr), info.begin + shift)
+            pwrite_all(out, raw_bytes(arr), info.begin + shift)
             report(info.end - info.begin, total)
 
         def flush(wait: bool) -> None:
@@ -182,6 +182,8 @@ def write_streaming(
                     report(count, total)
                     flush(wait=False)
         flush(wait=True)
+        if pending:
+            raise AssertionError(f"baked tensors never written: {', '.join(pending[:5])}")
         size = max((i.end for i in infos.values()), default=data_start) + shift
         if os.fstat(out).st_size != size:
             raise AssertionError(f"wrote {os.fstat(out).st_size} bytes, expected {size}")
