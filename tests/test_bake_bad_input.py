@@ -284,3 +284,38 @@ def test_onnx_output_data_would_overwrite_the_base_data(tmp_path, run_cli):
     _one_error(result, 3, "baked.onnx.data", "external data")
     assert sha256(base.parent / "baked.onnx.data") == before
     assert listing(base.parent) == ["baked.onnx.data", "unet.onnx"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        ("missing", ["shard", "is not a .safetensors file beside the index"]),
+        ("outside", ["../", "is not a .safetensors file beside the index"]),
+        ("unmapped", ["is not mapped to it"]),
+        ("unlisted", ["are in no shard"]),
+        ("garbage", ["not a readable shard index"]),
+    ],
+)
+def test_sharded_folder_with_a_bad_index(tmp_path, run_cli, edit, words):
+    import json
+
+    src = tmp_path / "sharded"
+    bk.tiny_unet().save_pretrained(src, safe_serialization=True, max_shard_size="200KB")
+    index = src / "diffusion_pytorch_model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    first = sorted(data["weight_map"])[0]
+    if edit == "missing":
+        data["weight_map"][first] = "diffusion_pytorch_model-99999.safetensors"
+    elif edit == "outside":
+        data["weight_map"][first] = "../elsewhere.safetensors"
+    elif edit == "unmapped":
+        other = next(v for v in data["weight_map"].values() if v != data["weight_map"][first])
+        data["weight_map"][first] = other
+    elif edit == "unlisted":
+        data["weight_map"]["extra.weight"] = data["weight_map"][first]
+    index.write_text("{not json" if edit == "garbage" else json.dumps(data))
+    hn = bk.save_hn(tmp_path / "lin.pt", (bk.CROSS, 32))
+    out = tmp_path / "out"
+    result = _bake(run_cli, src, str(hn), "--into", str(src), "-o", str(out))
+    _one_error(result, 3, *words)
+    assert not out.exists() and listing(tmp_path) == ["lin.pt", "sharded"]

@@ -127,6 +127,30 @@ def test_diffusers_variant_folder_and_other_weights_left_out(work, tmp_path):
     assert "diffusion_pytorch_model.fp16.safetensors" in result.warnings[0]
 
 
+def test_sharded_diffusers_folder(work, tmp_path):
+    """``save_pretrained`` shards a large UNet: every shard is baked under its own name, the
+    index is kept, and diffusers loads the result."""
+    import json
+
+    from diffusers import UNet2DConditionModel
+
+    src = tmp_path / "sharded"
+    bk.tiny_unet().save_pretrained(src, safe_serialization=True, max_shard_size="200KB")
+    shards = sorted(p.name for p in src.glob("diffusion_pytorch_model-*.safetensors"))
+    assert len(shards) > 3
+    out = tmp_path / "baked"
+    result = bake_sd([work / "lin.pt", work / "lin2.pt"], src, out, strengths=[0.7, 1.3])
+    assert result.passed and len(result.layers) == 8 and not result.warnings
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in src.iterdir())
+    index = "diffusion_pytorch_model.safetensors.index.json"
+    assert (out / index).read_bytes() == (src / index).read_bytes()
+    assert set(json.loads((out / index).read_text())["weight_map"].values()) == set(shards)
+    baked = bk.forward(UNet2DConditionModel.from_pretrained(out).eval(), bk.inputs())
+    assert np.abs(baked - runtime_reference([work / "lin.pt", work / "lin2.pt"], [0.7, 1.3])).max() <= TOL
+    for name in shards:
+        assert bk.baked_record(out / name)[-1]["layers"] == 8
+
+
 def test_fp16_base_keeps_dtype_and_reports_the_cast(work, tmp_path):
     import torch
 

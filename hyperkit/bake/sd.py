@@ -16,45 +16,29 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from hyperkit._version import __version__
-from hyperkit.bake.fold import (
-    PARTS,
-    FoldedLayer,
-    Folds,
-    LayerParity,
-    blas_threads,
-    fold_layer,
-    guess_heads,
-    work_dtype,
-)
+from hyperkit.bake.checkpoint import atomic_folder, bake_checkpoint
+from hyperkit.bake.fold import LayerParity, work_dtype
 from hyperkit.bake.hnmath import Link, nonaffine_reason
-from hyperkit.bake.sd_base import Attention, Base, TensorInfo, family, is_weights_file, open_base
+from hyperkit.bake.sd_base import Attention, Base, family, is_weights_file, open_base
 from hyperkit.errors import (
     BadInputError,
     CheckFailed,
     OutputPathError,
     UnsupportedError,
     UsageProblem,
-    VerificationError,
 )
 from hyperkit.paths import atomic_output, check_output, is_folder, sha256_file
 
-CHANGED = ("to_k.weight", "to_v.weight", "to_out.0.bias")
 #: Default parity tolerance (max abs error) by the base's weight dtype: the cast dominates.
 TOLERANCES = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
-#: Fold worker threads (each runs numpy's BLAS on one thread, see :class:`_Folder`).
-WORKERS = 2
 
 
 def default_tolerance(dtype: str) -> float:
@@ -157,162 +141,6 @@ def baked_metadata(existing: dict[str, str], record: dict[str, object]) -> dict[
     return meta
 
 
-@contextmanager
-def atomic_folder(dst: Path, *, force: bool, src: Path) -> Iterator[Path]:
-    """Like :func:`hyperkit.paths.atomic_output` for a folder: built beside, renamed into place."""
-    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
-        raise OutputPathError(f"{dst}: output is the base folder (or inside it); refusing to write there")
-    if not dst.parent.is_dir():
-        raise OutputPathError(f"{dst}: output folder '{dst.parent}' does not exist")
-    if dst.exists() and not force:
-        raise OutputPathError(f"{dst}: already exists", hint="pass --force to overwrite it")
-    if dst.exists() and not dst.is_dir():
-        raise OutputPathError(f"{dst}: is a file, expected a folder for a diffusers UNet")
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.hyperkit-tmp")
-    old = dst.with_name(f".{dst.name}.{os.getpid()}.hyperkit-old")
-    try:
-        tmp.mkdir()
-        yield tmp
-        if dst.exists():
-            os.replace(dst, old)
-        os.replace(tmp, dst)
-    except OSError as e:
-        raise OutputPathError(f"{dst}: cannot write: {e.strerror or e}", hint="check permissions and free space") from e
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-
-
-class _Folder:
-    """Folded tensors computed on worker threads, every layer queued at once in file order.
-
-    Run it under ``blas_threads(1)``: two workers with one BLAS thread each keep both cores
-    busy through the parts numpy runs on one thread (dtype conversions, the parity pass), where
-    one worker with a two-thread BLAS left a core idle; the kernel copies meanwhile.
-    """
-
-    def __init__(self, base: Base, targets: list[Attention], links: list[Link], dtype: type) -> None:
-        self.base, self.links, self.folds = base, links, Folds(links, dtype)
-        key = (lambda a: min(base.infos[a.key(p)].begin for p in CHANGED)) if base.infos else None
-        self.order = sorted(targets, key=key) if key else list(targets)
-        self.owner = {att.key(p): i for i, att in enumerate(self.order) for p in CHANGED}
-        if base.infos:
-            prefetch(base.weights, [base.infos[att.key(p)] for att in self.order for p in PARTS])
-        self.pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="hyperkit-fold")
-        self.futures: dict[int, Future[FoldedLayer]] = {}
-        for i, att in enumerate(self.order):
-            heads = guess_heads(att.channels, base.architecture)
-            self.futures[i] = self.pool.submit(self._fold, att, heads)
-
-    def _fold(self, att: Attention, heads: int) -> FoldedLayer:
-        return fold_layer(att, self.base.array, self.links, self.folds, heads=heads)
-
-    @property
-    def names(self) -> list[str]:
-        """Every tensor the fold replaces."""
-        return list(self.owner)
-
-    def ready(self, name: str) -> bool:
-        """Whether the layer of ``name`` is folded."""
-        return self.futures[self.owner[name]].done()
-
-    def value(self, name: str) -> np.ndarray:
-        """The folded tensor ``name``, waiting for it; handed out once (then dropped here)."""
-        return self.futures[self.owner[name]].result().tensors.pop(name)
-
-    def finish(self) -> list[LayerParity]:
-        """Every layer's parity row, in file order."""
-        parity = [self.futures[i].result().parity for i in range(len(self.order))]
-        self.pool.shutdown()
-        return parity
-
-
-def prefetch(path: Path, spans: list[TensorInfo]) -> None:
-    """Ask the kernel to read these tensors ahead, in the background.
-
-    From a cold page cache, the fold workers would otherwise fault them in through the memory
-    map a few pages at a time, waiting on the disk between matmuls while the copy reads the rest
-    of the file; read ahead, they arrive at the disk's streaming speed. Advice only.
-    """
-    if not hasattr(os, "posix_fadvise"):
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        for span in spans:
-            with suppress(OSError):
-                os.posix_fadvise(fd, span.begin, span.end - span.begin, os.POSIX_FADV_WILLNEED)
-    finally:
-        os.close(fd)
-
-
-def _verify(out: Path, base: Base, written: dict[str, np.ndarray]) -> None:
-    """Re-read the header and the changed tensors of what was written."""
-    from hyperkit.bake.sd_base import open_safetensors
-    from hyperkit.formats.arrays import bit_equal
-
-    back = open_safetensors(out)
-    if base.infos and [(n, i.dtype, i.shape) for n, i in back.infos.items()] != [
-        (n, i.dtype, i.shape) for n, i in base.infos.items()
-    ]:
-        raise VerificationError(f"{out}: the written tensor list differs from the base's")
-    for name, arr in written.items():
-        if not bit_equal(back.array(name), arr):
-            raise VerificationError(f"{out}: tensor '{name}' does not read back as written")
-
-
-def bake_checkpoint(
-    base: Base,
-    targets: list[Attention],
-    links: list[Link],
-    out: Path,
-    meta: dict[str, str],
-    dtype: type,
-    progress: Callable[[int, int], None] | None = None,
-) -> list[LayerParity]:
-    """Fold into a safetensors/diffusers/ckpt base in ``dtype`` (the working precision) and
-    write ``out`` (.safetensors)."""
-    with blas_threads(1):  # see _Folder
-        return _bake_checkpoint(base, targets, links, out, meta, dtype, progress)
-
-
-def _bake_checkpoint(
-    base: Base,
-    targets: list[Attention],
-    links: list[Link],
-    out: Path,
-    meta: dict[str, str],
-    dtype: type,
-    progress: Callable[[int, int], None] | None,
-) -> list[LayerParity]:
-    from hyperkit.bake.stream import write_streaming
-    from hyperkit.formats.safetensors_io import write_safetensors
-
-    folder = _Folder(base, targets, links, dtype)
-    kept: dict[str, np.ndarray] = {}
-    sample = {att.key("to_k.weight") for att in targets[:4]}  # re-read a few after writing
-
-    def value(name: str) -> np.ndarray:
-        arr = folder.value(name)
-        if name in sample:
-            kept[name] = arr
-        return arr
-
-    def take(name: str, wait: bool) -> np.ndarray | None:
-        return value(name) if wait or folder.ready(name) else None
-
-    try:
-        if base.infos:
-            write_streaming(base.weights, out, base.infos, take, folder.names, meta, progress)
-        else:
-            items = [(n, value(n) if n in folder.owner else a) for n, a in base.arrays.items()]
-            write_safetensors(out, items, meta)
-        parity = folder.finish()
-    finally:
-        folder.pool.shutdown(cancel_futures=True)
-    _verify(out, base, kept)
-    return parity
-
-
 def bake_sd(
     inputs: list[Path],
     base_path: Path,
@@ -380,26 +208,29 @@ def _bake_weights(
             )
     dtype = base.dtype(targets[0].key("to_k.weight")).name
     work = work_dtype(dtype, float64=float64)
-    meta = baked_metadata(base.metadata, _record(links, inputs, "fold", len(targets)))
+    record = _record(links, inputs, "fold", len(targets))
+    metas = [baked_metadata(part.metadata, record) for part in base.files()]
     warnings = [f"{base_path}: dropped non-tensor entries {', '.join(base.dropped[:5])}"] if base.dropped else []
     if base.container == "diffusers-folder":
         # Other weight files (variants, .bin) are left out: a loader picking one of them would
-        # run the base's weights, not the baked ones.
+        # run the base's weights, not the baked ones. A shard index is kept with its shards.
+        ours = {base.weights.name} | {part.weights.name for part in base.files()}
         others = [i for i in base.weights.parent.iterdir() if i.is_file() and not i.name.startswith(".")]
-        skipped = [i.name for i in others if is_weights_file(i.name) and i.name != base.weights.name]
+        skipped = [i.name for i in others if is_weights_file(i.name) and i.name not in ours]
         if skipped:
             warnings.append(f"{base_path}: left out the other weight files {', '.join(sorted(skipped))} (not baked)")
         with atomic_folder(output, force=force, src=base_path) as tmp:
             for item in others:
-                if not is_weights_file(item.name):
+                if not is_weights_file(item.name) or (base.shards and item.name == base.weights.name):
                     shutil.copy2(item, tmp / item.name)
-            parity = bake_checkpoint(base, targets, links, tmp / base.weights.name, meta, work, progress)
+            outs = [tmp / part.weights.name for part in base.files()]
+            parity = bake_checkpoint(base, targets, links, outs, metas, work, progress)
     else:
         if output.suffix.lower() not in (".safetensors", ".sft"):
             raise UsageProblem(f"{output}: a baked checkpoint is written as .safetensors; name the output so")
         check_output(output, force=force, src=base_path)
         with atomic_output(output, force=force, src=base_path) as tmp:
-            parity = bake_checkpoint(base, targets, links, tmp, meta, work, progress)
+            parity = bake_checkpoint(base, targets, links, [tmp], metas, work, progress)
     with suppress(Exception):
         base.close()
     return BakeResult(
@@ -408,7 +239,7 @@ def _bake_weights(
         base.container,
         "fold",
         dtype,
-        _record(links, inputs, "fold", len(targets))["hypernetworks"],  # type: ignore[arg-type]
+        record["hypernetworks"],  # type: ignore[arg-type]
         parity,
         tolerance if tolerance is not None else default_tolerance(dtype),
         warnings=warnings,

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from hyperkit.errors import BadInputError, CorruptFileError, UnknownFormatError, UnsupportedError
+from hyperkit.errors import BadInputError, CorruptFileError, LimitExceeded, UnknownFormatError, UnsupportedError
 from hyperkit.formats.dtypes import numpy_dtype
 from hyperkit.formats.safetensors_io import DTYPES, parse_header
 from hyperkit.paths import check_input, is_folder
@@ -82,7 +82,9 @@ class Base:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # checkpoint containers
     dropped: list[str] = field(default_factory=list)  # non-tensor entries of a checkpoint
     header_end: int = 0
+    shards: list[Base] = field(default_factory=list)  # a sharded diffusers UNet: one per file
     _mm: Any = None
+    _where: dict[str, int] = field(default_factory=dict)  # tensor name -> its shard
 
     @property
     def architecture(self) -> str | None:
@@ -96,11 +98,24 @@ class Base:
         return sorted({a.width for a in self.attentions})
 
     def names(self) -> list[str]:
-        """Tensor names in file order."""
+        """Tensor names in file order (shard by shard)."""
+        if self.shards:
+            return [n for shard in self.shards for n in shard.names()]
         return list(self.infos or self.arrays)
+
+    def files(self) -> list[Base]:
+        """The safetensors files holding the tensors: the shards, or this base itself."""
+        return self.shards or [self]
+
+    def locate(self, name: str) -> tuple[int, int]:
+        """Where a tensor is: the index of its file in :meth:`files` and its first byte there."""
+        index = self._where[name] if self.shards else 0
+        return index, self.files()[index].infos[name].begin
 
     def array(self, name: str) -> np.ndarray:
         """One tensor as a read-only zero-copy view (safetensors) or the unpickled array."""
+        if self.shards:
+            return self.shards[self._where[name]].array(name)
         if self.arrays:
             return self.arrays[name]
         info = self.infos[name]
@@ -109,11 +124,15 @@ class Base:
 
     def dtype(self, name: str) -> np.dtype:
         """A tensor's element type without reading it."""
+        if self.shards:
+            return self.shards[self._where[name]].dtype(name)
         return self.arrays[name].dtype if self.arrays else numpy_dtype(self.infos[name].dtype)
 
     def close(self) -> None:
         """Drop the mapping (views handed out keep it alive until they go)."""
         self._mm = None
+        for shard in self.shards:
+            shard.close()
 
 
 def architecture(cross_widths: set[int], max_channels: int) -> str | None:
@@ -185,13 +204,18 @@ def is_weights_file(name: str) -> bool:
 
 def _weights_file(folder: Path) -> Path:
     """The folder's weights: ``diffusion_pytorch_model.safetensors``, else its one variant
-    (``diffusion_pytorch_model.fp16.safetensors``, as ``variant="fp16"`` downloads have)."""
+    (``diffusion_pytorch_model.fp16.safetensors``, as ``variant="fp16"`` downloads have), else
+    its shard index (``diffusion_pytorch_model.safetensors.index[.fp16].json``)."""
     if (folder / "unet").is_dir():
         folder = folder / "unet"
     if (folder / DIFFUSERS_WEIGHTS).is_file():
         return folder / DIFFUSERS_WEIGHTS
-    if list(folder.glob("*.safetensors.index*.json")):  # .index.json, or .index.fp16.json for a variant
-        raise UnsupportedError(f"{folder}: sharded diffusers weights are not supported yet")
+    indexes = sorted(folder.glob("diffusion_pytorch_model.safetensors.index*.json"))
+    if len(indexes) == 1:
+        return indexes[0]
+    if indexes:
+        names = ", ".join(i.name for i in indexes)
+        raise BadInputError(f"{folder}: several shard indexes ({names})", hint="keep the one to bake into")
     variants = sorted(folder.glob("diffusion_pytorch_model.*.safetensors"))
     if len(variants) == 1:
         return variants[0]
@@ -209,7 +233,7 @@ def open_base(path: str | os.PathLike[str]) -> Base:
     p = Path(path)
     if is_folder(p):
         weights = _weights_file(p)
-        base = open_safetensors(weights)
+        base = _open_sharded(weights) if weights.name.endswith(".json") else open_safetensors(weights)
         base.path, base.container = p, "diffusers-folder"
         return base
     check_input(p)
@@ -223,7 +247,9 @@ def open_base(path: str | os.PathLike[str]) -> Base:
     raise UnknownFormatError(f"{p}: unknown base model format '{suffix}' (use .safetensors, .ckpt, a folder or .onnx)")
 
 
-def open_safetensors(path: Path) -> Base:
+def open_safetensors(path: Path, *, layout: bool = True) -> Base:
+    """Open a ``.safetensors`` base; without ``layout`` (a shard: some of a UNet's tensors) its
+    naming and attention layers are left for the caller to find across every shard."""
     try:
         with open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size == 0:
@@ -239,10 +265,47 @@ def open_safetensors(path: Path) -> Base:
     for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
         begin, end = entry["data_offsets"]
         infos[name] = TensorInfo(DTYPES[entry["dtype"]], tuple(entry["shape"]), start + begin, start + end)
-    names = list(infos)
-    naming = _naming(names, path)
-    attentions = find_attentions({n: i.shape for n, i in infos.items()}, path)
+    naming = _naming(list(infos), path) if layout else ""
+    attentions = find_attentions({n: i.shape for n, i in infos.items()}, path) if layout else []
     return Base(path, "safetensors", naming, path, metadata, attentions, infos=infos, header_end=start, _mm=mm)
+
+
+#: Most shards an index may name, and most bytes of index JSON read.
+MAX_SHARDS, MAX_INDEX_BYTES = 1000, 64 << 20
+
+
+def _open_sharded(index: Path) -> Base:
+    """A sharded diffusers UNet: the index's ``weight_map`` names each tensor's shard, a plain
+    file beside the index; every shard is opened (nothing loaded) and must hold exactly the
+    tensors the index gives it."""
+    try:
+        if index.stat().st_size > MAX_INDEX_BYTES:
+            raise LimitExceeded(f"{index}: shard index over {MAX_INDEX_BYTES:,} bytes")
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise TypeError("weight_map is not a mapping of tensor names to file names")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CorruptFileError(f"{index}: not a readable shard index: {e}") from e
+    names = sorted(set(weight_map.values()))
+    if len(names) > MAX_SHARDS:
+        raise LimitExceeded(f"{index}: {len(names)} shards, over the limit of {MAX_SHARDS}")
+    for name in names:
+        if Path(name).name != name or not name.endswith(".safetensors") or not (index.parent / name).is_file():
+            raise BadInputError(f"{index}: shard '{name}' is not a .safetensors file beside the index")
+    shards = [open_safetensors(index.parent / name, layout=False) for name in names]
+    where: dict[str, int] = {}
+    for i, shard in enumerate(shards):
+        for tensor in shard.infos:
+            if weight_map.get(tensor) != names[i] or tensor in where:
+                raise CorruptFileError(f"{index}: tensor '{tensor}' of {names[i]} is not mapped to it")
+            where[tensor] = i
+    if len(where) != len(weight_map):
+        missing = sorted(set(weight_map) - set(where))[:3]
+        raise CorruptFileError(f"{index}: tensors {', '.join(missing)} are in no shard")
+    shapes = {n: s.infos[n].shape for s in shards for n in s.infos}
+    naming = _naming(list(shapes), index)
+    attentions = find_attentions(shapes, index)
+    return Base(index, "safetensors", naming, index, shards[0].metadata, attentions, shards=shards, _where=where)
 
 
 def _state_dict(obj: Any, path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
