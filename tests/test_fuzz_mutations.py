@@ -35,6 +35,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hyperkit import conversion
+from hyperkit.formats.arrays import bit_equal
 from hyperkit.formats.safetensors_io import MAX_HEADER
 from hyperkit.formats.torchfile import write_torch_zip
 from hyperkit.sdkv import pt_codec
@@ -127,10 +128,37 @@ def test_safetensors_header_length_corruption(seeds, work, data):
     if data.draw(st.booleans(), label="also cut"):
         mutant = mutant[: data.draw(st.integers(0, len(mutant)), label="cut at")]
     # A shorter length can still describe a valid file: the header loses trailing padding spaces
-    # and the data shifts with it. The true property: whatever loads is the original, bit for bit.
-    original_hn = conversion.load(seeds_path(work, "hk.safetensors", original))
-    for hn in read_everything(work / "hl.safetensors", mutant):
-        conversion.verify(original_hn, hn, "header-length mutant")
+    # and the data shifts with it (and a cut can make the shifted data fit exactly, so the file
+    # is valid with other values). The true property: whatever loads holds what the bytes say,
+    # as the reference implementation reads them, and the unchanged file is the original.
+    loaded = read_everything(work / "hl.safetensors", mutant)
+    if loaded:
+        from safetensors.numpy import load as reference_load
+
+        reference = reference_load(mutant)  # raising here: hyperkit accepted what the reference refuses
+        for hn in loaded:
+            have = dict(hn.tensors())
+            assert set(have) == set(reference)
+            assert all(bit_equal(have[name], arr) for name, arr in reference.items())
+    if mutant == original:
+        original_hn = conversion.load(seeds_path(work, "hk.safetensors", original))
+        conversion.verify(original_hn, loaded[0], "unchanged file")
+
+
+def test_safetensors_shorter_header_with_a_matching_cut_is_another_valid_file(seeds, work):
+    """Found by `make fuzz`: the header's last padding space left out and the file's last byte
+    cut make a valid file whose tensors start one byte earlier; it loads with those values."""
+    from safetensors.numpy import load as reference_load
+
+    original = seeds["hk.safetensors"]
+    (n,) = struct.unpack("<Q", original[:8])
+    assert original[8 + n - 1 : 8 + n] == b" "  # the header ends in padding
+    mutant = struct.pack("<Q", n - 1) + original[8:-1]
+    (hn,) = read_everything(work / "shifted.safetensors", mutant)
+    reference = reference_load(mutant)
+    have = dict(hn.tensors())
+    assert set(have) == set(reference) and all(bit_equal(have[k], v) for k, v in reference.items())
+    assert not all(bit_equal(have[k], v) for k, v in reference_load(original).items())
 
 
 @fuzz_settings(300)
