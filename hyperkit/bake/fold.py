@@ -84,7 +84,7 @@ def work_dtype(base_dtype: np.dtype | str, *, float64: bool = False) -> type:
     finer than float16 (2⁻²⁴ against 2⁻¹¹), so after the single cast back the result is the
     float64 one or one unit in the last place (ulp) away — for ~0.1% of the values of an SD1
     bake — except values that cancel to near zero, which stay within 1e-6 of the tensor's
-    largest value (tests/test_bake_precision.py). The bake then takes about 0.7× the time of a
+    largest value (tests/test_bake_precision.py). The bake then takes 0.6–0.7× the time of a
     float64 one on a 2-core machine (DESIGN §7).
 
     Example:
