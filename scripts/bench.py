@@ -47,34 +47,58 @@ save_file(flat, sys.argv[2])
 """
 
 
-def make_sd1_hypernetwork(path: Path) -> None:
-    """An A1111-shaped SD1 hypernetwork written by torch.save (what users download)."""
+def make_hypernetwork(
+    path: Path, dims: tuple[int, ...], *, activation: str = "linear", layer_norm: bool = False, **meta: object
+) -> None:
+    """An A1111 hypernetwork written by torch.save (``[1, 2, 1]``; Linear, activation, LayerNorm in
+    A1111's order); ``meta`` overrides its metadata."""
     import torch
 
     torch.manual_seed(0)
     obj: dict[object, object] = {}
-    for dim in (768, 320, 640, 1280):
+    for dim in dims:
         pair = []
         for _ in range(2):
-            seq = torch.nn.Sequential(torch.nn.Linear(dim, 2 * dim), torch.nn.Linear(2 * dim, dim))
+            layers: list[torch.nn.Module] = [torch.nn.Linear(dim, 2 * dim)]
+            if activation != "linear":
+                layers.append(torch.nn.ReLU())
+            if layer_norm:
+                layers.append(torch.nn.LayerNorm(2 * dim))
+            layers.append(torch.nn.Linear(2 * dim, dim))
+            if layer_norm:
+                layers.append(torch.nn.LayerNorm(dim))
+            seq = torch.nn.Sequential(*layers)
             pair.append(torch.nn.ModuleDict({"linear": seq}).state_dict())
         obj[dim] = tuple(pair)
     obj.update(
-        step=4000,
-        name="sd1-bench",
+        step=1000,
+        name=path.stem,
         layer_structure=[1.0, 2.0, 1.0],
-        activation_func="linear",
-        is_layer_norm=False,
+        activation_func=activation,
+        is_layer_norm=layer_norm,
         weight_initialization="Normal",
-        sd_checkpoint="0123456789",
-        sd_checkpoint_name="v1-5-pruned-emaonly",
+        sd_checkpoint=None,
+        sd_checkpoint_name=None,
         activate_output=False,
         use_dropout=False,
         dropout_structure=[0, 0, 0],
         last_layer_dropout=False,
         optional_info=None,
     )
+    obj.update(meta)
     torch.save(obj, path)
+
+
+def make_sd1_hypernetwork(path: Path) -> None:
+    """An A1111-shaped SD1 hypernetwork written by torch.save (what users download)."""
+    make_hypernetwork(
+        path,
+        (768, 320, 640, 1280),
+        step=4000,
+        name="sd1-bench",
+        sd_checkpoint="0123456789",
+        sd_checkpoint_name="v1-5-pruned-emaonly",
+    )
 
 
 def hk_convert(src: Path, dst: Path) -> list[str]:

@@ -52,7 +52,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import HYPERKIT, Sample, machine, make_sd1_hypernetwork, measure
+from bench import HYPERKIT, Sample, machine, make_hypernetwork, make_sd1_hypernetwork, measure
 
 CACHE = Path(tempfile.gettempdir()) / "hyperkit-bench-bake"
 SD1_PARAMS = 859_520_964  # diffusers' SD1 UNet2DConditionModel has exactly these many parameters
@@ -227,46 +227,6 @@ def sd1_checkpoint(cache: Path) -> Path:
         print(f"generating {path} (once) ...", file=sys.stderr)
         make_sd1_checkpoint(path)
     return path
-
-
-def make_hypernetwork(
-    path: Path, dims: tuple[int, ...], *, activation: str = "linear", layer_norm: bool = False
-) -> None:
-    """An A1111 hypernetwork (``[1, 2, 1]``; Linear, activation, LayerNorm in A1111's order)."""
-    import torch
-
-    torch.manual_seed(0)
-    obj: dict[object, object] = {}
-    for dim in dims:
-        pair = []
-        for _ in range(2):
-            layers: list[torch.nn.Module] = [torch.nn.Linear(dim, 2 * dim)]
-            if activation != "linear":
-                layers.append(torch.nn.ReLU())
-            if layer_norm:
-                layers.append(torch.nn.LayerNorm(2 * dim))
-            layers.append(torch.nn.Linear(2 * dim, dim))
-            if layer_norm:
-                layers.append(torch.nn.LayerNorm(dim))
-            seq = torch.nn.Sequential(*layers)
-            pair.append(torch.nn.ModuleDict({"linear": seq}).state_dict())
-        obj[dim] = tuple(pair)
-    obj.update(
-        step=1000,
-        name=path.stem,
-        layer_structure=[1.0, 2.0, 1.0],
-        activation_func=activation,
-        is_layer_norm=layer_norm,
-        weight_initialization="Normal",
-        sd_checkpoint=None,
-        sd_checkpoint_name=None,
-        activate_output=False,
-        use_dropout=False,
-        dropout_structure=[0, 0, 0],
-        last_layer_dropout=False,
-        optional_info=None,
-    )
-    torch.save(obj, path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -137,30 +137,17 @@ def export_onnx(unet: Any, path: Path, *, dynamo: bool) -> Path:
     names = ["sample", "timestep", "encoder_hidden_states"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        common = {"input_names": names, "output_names": ["out_sample"], "dynamo": dynamo}
         if dynamo:
             batch, tokens = torch.export.Dim("batch"), torch.export.Dim("tokens")
+            shapes = {"sample": {0: batch}, "timestep": None, "encoder_hidden_states": {0: batch, 1: tokens}}
             torch.onnx.export(
-                _Wrapper(unet),
-                args,
-                str(path),
-                input_names=names,
-                output_names=["out_sample"],
-                dynamo=True,
-                external_data=True,
-                verbose=False,
-                dynamic_shapes={"sample": {0: batch}, "timestep": None, "encoder_hidden_states": {0: batch, 1: tokens}},
+                _Wrapper(unet), args, str(path), **common, external_data=True, verbose=False, dynamic_shapes=shapes
             )
         else:
+            axes = {"sample": {0: "batch"}, "encoder_hidden_states": {0: "batch", 1: "tokens"}}
             torch.onnx.export(
-                _Wrapper(unet),
-                args,
-                str(path),
-                input_names=names,
-                output_names=["out_sample"],
-                dynamo=False,
-                opset_version=17,
-                do_constant_folding=True,
-                dynamic_axes={"sample": {0: "batch"}, "encoder_hidden_states": {0: "batch", 1: "tokens"}},
+                _Wrapper(unet), args, str(path), **common, opset_version=17, do_constant_folding=True, dynamic_axes=axes
             )
     return path
 

@@ -31,6 +31,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -101,29 +102,30 @@ class Folds:
 
     def __init__(self, links: list[Link], dtype: type = np.float64) -> None:
         self.links, self.dtype = links, dtype
-        self._cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
-        self._locks: dict[tuple[int, int], threading.Lock] = {}
-        self._runtime: dict[tuple[str, int, int, int], np.ndarray] = {}
+        self._values: dict[tuple[object, ...], Any] = {}
+        self._locks: dict[tuple[object, ...], threading.Lock] = {}
         self._lock = threading.Lock()
+
+    def _once(self, key: tuple[object, ...], compute: Callable[[], Any]) -> Any:
+        """``compute()`` for ``key``, run once; one lock per key, so workers that need different
+        values compute them at the same time."""
+        with self._lock:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._values:
+                self._values[key] = compute()
+            return self._values[key]
 
     def runtime(self, att: Attention, which: int, ctx: np.ndarray) -> np.ndarray:
         """The runtime hypernetwork on ``ctx``, the K/V input of :func:`parity_inputs` for
         ``att``: the same for every layer of its kind and widths, so computed once for them."""
-        key = (att.kind, att.width, att.query_width, which)
-        with self._lock:
-            if key not in self._runtime:
-                self._runtime[key] = reference_forward(self.links, att.width, which, ctx)
-            return self._runtime[key]
+        key = ("runtime", att.kind, att.width, att.query_width, which)
+        return self._once(key, lambda: reference_forward(self.links, att.width, which, ctx))
 
     def get(self, width: int, which: int) -> tuple[np.ndarray, np.ndarray]:
         """``(A, c)`` for the chain at ``width`` on the K (0) or V (1) input."""
-        key = (width, which)
-        with self._lock:  # one lock per map: workers build different maps at the same time
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
-            if key not in self._cache:
-                self._cache[key] = chain_affine(self.links, width, which, self.dtype)
-            return self._cache[key]
+        key = ("chain", width, which)
+        return self._once(key, lambda: chain_affine(self.links, width, which, self.dtype))
 
 
 def cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:

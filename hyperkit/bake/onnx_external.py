@@ -60,12 +60,13 @@ def external_files(g: Graph) -> dict[Path, list[str]]:
     return files
 
 
-def gather_external(g: Graph, fd: int, location: str) -> None:
-    """Copy every external initializer's bytes into the data file ``fd`` (in the kernel, 64-byte
-    aligned) and point the initializer there: one file however many the base spreads them over
-    (the legacy exporter writes one per tensor unless told otherwise)."""
+def gather_external(g: Graph, files: dict[Path, list[str]], fd: int, location: str) -> None:
+    """Copy every external initializer's bytes (``files``, from :func:`external_files`) into the
+    data file ``fd`` (in the kernel, 64-byte aligned) and point the initializer there: one file
+    however many the base spreads them over (the legacy exporter writes one per tensor unless
+    told otherwise)."""
     end = 0
-    for path, names in external_files(g).items():
+    for path, names in files.items():
         src = os.open(path, os.O_RDONLY)  # one at a time: a legacy export has a file per tensor
         try:
             size = os.fstat(src).st_size

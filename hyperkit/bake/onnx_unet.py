@@ -265,6 +265,7 @@ def bake_onnx(
         raise BadInputError(f"{data_out}: already exists", hint="pass --force to overwrite it")
     affine = all(nonaffine_reason(link.hn) is None for link in links)
     dtype = g.array(parts[targets[0].prefix].parts["to_k"].weight).dtype.name
+    work = work_dtype(dtype, float64=float64) if affine else np.float32  # the inserted MLP: float32
     # The data goes to a temporary name too and replaces OUT.data only once the model checks
     # out: written in place, a failed `--force` bake would leave the old model with broken data.
     data_tmp = temporary_name(data_out)
@@ -273,12 +274,11 @@ def bake_onnx(
             fd = None
             if sources:
                 fd = os.open(data_tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-                gather_external(g, fd, data_tmp.name)
+                gather_external(g, sources, fd, data_tmp.name)
                 g.data_dir = data_out.parent  # the locations now name the copy beside the output
             try:
                 writer = _Writer(g, fd, data_tmp.name)
                 if affine:
-                    work = work_dtype(dtype, float64=float64)
                     parity = _fold(g, targets, parts, links, writer, base.architecture, work)
                 else:
                     parity = _insert(g, targets, parts, links, base.architecture)
@@ -305,7 +305,7 @@ def bake_onnx(
         record["hypernetworks"],  # type: ignore[arg-type]
         parity,
         tolerance if tolerance is not None else default_tolerance(dtype),
-        precision=work_dtype(dtype, float64=float64).__name__ if affine else "float32",
+        precision=work.__name__,
     )
 
 

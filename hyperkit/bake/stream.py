@@ -10,9 +10,10 @@ not yet written (at most the K/V weights, a small part of a checkpoint), whateve
 Example:
     >>> import numpy as np, tempfile, pathlib
     >>> from hyperkit.formats.safetensors_io import write_safetensors, read_safetensors
+    >>> from hyperkit.bake.sd_base import open_safetensors
     >>> d = pathlib.Path(tempfile.mkdtemp())
     >>> write_safetensors(d / "a.safetensors", [("x", np.arange(4, dtype="f4")), ("y", np.ones(2, "f2"))], {})
-    >>> infos = header_spans(d / "a.safetensors")
+    >>> infos = open_safetensors(d / "a.safetensors", layout=False).infos
     >>> new = {"y": np.zeros(2, "f2")}
     >>> write_streaming(d / "a.safetensors", d / "b.safetensors", infos, lambda n, wait: new[n], ["y"], {"m": "1"})
     >>> t, meta = read_safetensors(d / "b.safetensors"); t["x"].tolist(), t["y"].tolist(), meta
@@ -33,7 +34,7 @@ import numpy as np
 from hyperkit.bake.sd_base import TensorInfo
 from hyperkit.errors import CorruptFileError, LimitExceeded
 from hyperkit.formats.arrays import raw_bytes
-from hyperkit.formats.safetensors_io import MAX_HEADER, NAMES, parse_header
+from hyperkit.formats.safetensors_io import MAX_HEADER, NAMES
 
 #: Bytes per read/write when the kernel cannot copy between the two files itself.
 CHUNK = 1 << 24
@@ -42,29 +43,9 @@ COPY_CHUNK = 1 << 26
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.ETXTBSY}
 
 
-def header_spans(path: str | os.PathLike[str]) -> dict[str, TensorInfo]:
-    """Tensor name → dtype, shape and absolute byte span, in file order (header read only)."""
-    import mmap
-
-    with open(path, "rb") as f:
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    try:
-        header, _, start = parse_header(mm)
-    finally:
-        mm.close()
-    from hyperkit.formats.safetensors_io import DTYPES
-
-    return {
-        name: TensorInfo(
-            DTYPES[e["dtype"]], tuple(e["shape"]), start + e["data_offsets"][0], start + e["data_offsets"][1]
-        )
-        for name, e in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0])
-    }
-
-
-def copy_range(src: int, dst: int, offset: int, count: int, dst_offset: int | None = None) -> None:
-    """Copy ``count`` bytes of ``src`` from ``offset`` to ``dst`` — at ``dst_offset``, or appended
-    at its position when that is None — in the kernel when it can."""
+def copy_range(src: int, dst: int, offset: int, count: int, dst_offset: int) -> None:
+    """Copy ``count`` bytes of ``src`` from ``offset`` to ``dst`` at ``dst_offset``, in the kernel
+    when it can."""
     end = offset + count
     kernel = hasattr(os, "copy_file_range")
     while offset < end:
@@ -78,16 +59,10 @@ def copy_range(src: int, dst: int, offset: int, count: int, dst_offset: int | No
                 continue
         else:
             data = os.pread(src, min(CHUNK, end - offset), offset)
-            if not data:
-                n = 0
-            elif dst_offset is None:
-                n = os.write(dst, data)
-            else:
-                n = os.pwrite(dst, data, dst_offset)
+            n = os.pwrite(dst, data, dst_offset) if data else 0
         if n == 0:
             raise CorruptFileError(f"source ended {end - offset} bytes early while copying (was it truncated?)")
-        offset += n
-        dst_offset = None if dst_offset is None else dst_offset + n
+        offset, dst_offset = offset + n, dst_offset + n
 
 
 def pwrite_all(fd: int, data: memoryview | bytes, offset: int) -> None:
@@ -150,7 +125,8 @@ def write_streaming(
     So the copy never waits for the computation, whatever the order of the tensors in the file.
     ``progress(n, total)`` hears of every ``n`` more bytes of the ``total`` tensor bytes written.
     """
-    pending = [n for n in infos if n in set(changed)]
+    replaced = set(changed)
+    pending = [n for n in infos if n in replaced]
     data_start = min((i.begin for i in infos.values()), default=0)
     total = sum(i.end - i.begin for i in infos.values())
     report = progress or (lambda n, total: None)
@@ -175,7 +151,7 @@ def write_streaming(
                     pending.remove(name)
 
         with open(src, "rb") as f:
-            for begin, end in untouched_runs(infos, set(changed)):
+            for begin, end in untouched_runs(infos, replaced):
                 for at in range(begin, end, COPY_CHUNK):
                     count = min(COPY_CHUNK, end - at)
                     copy_range(f.fileno(), out, at, count, at + shift)
